@@ -1,0 +1,181 @@
+"""The small protocols through which `agent/` talks to the outside world.
+
+A new database is one folder under `connectors/` implementing `Source` (and
+`Applier` for restore); a new store implements `ObjectStore`. Nothing here
+imports a driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from agent.events import ChangeEvent, Heartbeat, Position, Row, TableSchema, Transaction
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One line of `changevault check`."""
+
+    name: str
+    ok: bool
+    detail: str
+    # A failed check that makes `run` refuse to start (exit 2 or 3).
+    fatal: bool = True
+
+
+# --------------------------------------------------------------------- sources
+
+
+class SnapshotReader(Protocol):
+    """A consistent read of the captured tables at exactly `position`."""
+
+    position: Position
+    snapshot_id: str
+    started_at: datetime
+
+    def tables(self) -> list[TableSchema]: ...
+
+    def rows(self, table: TableSchema) -> Iterator[Row]:
+        """Rows of one table in bounded memory (server-side cursor / COPY)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Source(Protocol):
+    connector: str  # "postgres" | "mysql"
+    database: str
+
+    def checks(self) -> list[CheckResult]: ...
+
+    def start(self, resume_from: Position | None) -> SnapshotReader | None:
+        """Prepare to stream.
+
+        Without a resume position (first run) create what is needed (slot,
+        publication) and return the snapshot that must be copied before
+        streaming. With one, make sure the source still has it, else raise
+        `PositionLostError`; return None.
+        """
+        ...
+
+    def stream(self) -> Iterator[Transaction | Heartbeat]:
+        """Committed transactions in commit order, from the start position.
+
+        Yields a `Heartbeat` at least once a second while idle so the caller
+        can check its stop flag; reconnects on its own (logged and counted),
+        resuming from the last confirmed position.
+        """
+        ...
+
+    def confirm(self, position: Position) -> None:
+        """Everything up to and including `position` is durable in every sink."""
+        ...
+
+    def take_snapshot(self) -> SnapshotReader:
+        """A new consistent snapshot while streaming continues (scheduled snapshots)."""
+        ...
+
+    def behind_bytes(self) -> int | None:
+        """Log bytes the source retains for us (slot lag / binlog), if known."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# ----------------------------------------------------------------------- sinks
+
+
+@dataclass(frozen=True, slots=True)
+class TxBegin:
+    index: int  # the pipeline's gap-free transaction counter
+    position: Position
+    txid: str
+    commit_ts: datetime
+    schemas: tuple[TableSchema, ...] = ()
+    snapshot_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedEvent:
+    index: int  # transaction index
+    id: str
+    event: ChangeEvent
+    envelope: bytes  # the CONTRACT.md JSON envelope, UTF-8, not yet sealed
+
+
+@dataclass(frozen=True, slots=True)
+class TxEnd:
+    index: int
+    position: Position
+    commit_ts: datetime
+    event_counts: dict[str, int] = field(default_factory=dict)  # "schema.table" -> events
+
+
+SinkItem = TxBegin | EncodedEvent | TxEnd
+
+
+class Sink(Protocol):
+    """Receives every item in order; reports durability through `ack`.
+
+    `accept` may block (that is the backpressure). `ack(index)` is called,
+    from any thread, once transaction `index` and everything before it is
+    durable in this sink. `tick` is called at least once a second so
+    time-bounded batches close while the source is idle.
+    """
+
+    name: str
+
+    def open(self, ack: Callable[[int], None]) -> None: ...
+
+    def accept(self, item: SinkItem) -> None: ...
+
+    def tick(self) -> None: ...
+
+    def flush(self, timeout: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------- storage
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class ObjectExists(Exception):
+    """A create-only put found the key already taken."""
+
+
+class ObjectStore(Protocol):
+    """Immutable objects by key. The agent's credentials only ever create."""
+
+    url: str
+
+    def create(self, key: str, data: bytes) -> None:
+        """Store `data` under a new key; raise ObjectExists if taken.
+
+        Atomic: readers see the whole object or nothing. A retry after an
+        ambiguous failure that finds identical bytes already there succeeds.
+        """
+        ...
+
+    def create_from_file(self, key: str, path: Path) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def get_range(self, key: str, start: int, length: int) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+    def delete(self, key: str) -> None:
+        """Only `changevault expire` (with its own credentials) deletes."""
+        ...
