@@ -1,0 +1,135 @@
+"""Real-server fixtures: private PostgreSQL, MariaDB, Kafka (tansu) and S3 (moto).
+
+Each server is session-scoped and started only when a test first asks for it;
+under xdist every worker starts its own (free ports, private temp dirs).
+Teardown always runs, also after a failure or Ctrl-C, and the servers die with
+the pytest process if it is killed. See docs/testing.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+from psycopg import sql
+
+from tests.servers.postgres import PostgresServer
+from tests.servers.processes import tail
+
+_SERVER_FIXTURES = ("pg_server", "mariadb_server", "kafka_broker", "s3_server")
+
+
+class _Logged(Protocol):
+    log_path: Path
+
+
+def _unique_name(request: pytest.FixtureRequest, prefix: str, max_len: int) -> str:
+    """prefix + the test's name + random hex, lowercase [a-z0-9_], within max_len."""
+    test = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")
+    suffix = uuid.uuid4().hex[:8]
+    room = max_len - len(prefix) - len(suffix) - 2
+    return f"{prefix}_{test[:room]}_{suffix}" if room > 0 else f"{prefix}_{suffix}"
+
+
+# -- logs -------------------------------------------------------------------------
+
+
+_log_dir_key = pytest.StashKey[Path]()
+
+
+@pytest.fixture(scope="session")
+def server_log_dir(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Where every server started by this process (or xdist worker) logs.
+
+    Kept after the run (pytest keeps the last three base temp dirs); a test
+    that starts a dedicated server should pass this as its log_dir.
+    """
+    log_dir = tmp_path_factory.mktemp("server-logs")
+    request.config.stash[_log_dir_key] = log_dir
+    return log_dir
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Attach the tail of every server log a failed test used to its report
+    (works under xdist too, where a worker cannot print to the terminal)."""
+    outcome: Any = yield
+    report: pytest.TestReport = outcome.get_result()
+    if not report.failed:
+        return
+    funcargs: dict[str, Any] = getattr(item, "funcargs", {})
+    for name in _SERVER_FIXTURES:
+        server: _Logged | None = funcargs.get(name)
+        if server is not None:
+            report.sections.append((f"{name} log {server.log_path}", tail(server.log_path, 30)))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if exitstatus in (0, 5):
+        return
+    log_dir = session.config.stash.get(_log_dir_key, None)
+    if log_dir is not None:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"test server logs: {log_dir}")
+
+
+# -- PostgreSQL ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PgDatabase:
+    name: str
+    dsn: str
+
+
+@pytest.fixture(scope="session")
+def pg_server(server_log_dir: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(log_dir=server_log_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def pg_database(request: pytest.FixtureRequest, pg_server: PostgresServer) -> Iterator[PgDatabase]:
+    """A fresh database on the shared server, dropped afterwards together with
+    any replication slots left on it (a leftover slot would pin WAL for the
+    rest of the session)."""
+    name = _unique_name(request, "cv", 63)
+    dsn = pg_server.create_database(name)
+    yield PgDatabase(name=name, dsn=dsn)
+    _drop_pg_database(pg_server, name)
+
+
+def _drop_pg_database(server: PostgresServer, name: str) -> None:
+    if not server.running:
+        server.start()
+    for _ in range(50):
+        with contextlib.suppress(Exception):
+            server.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                " WHERE database = %s AND active_pid IS NOT NULL",
+                params=(name,),
+            )
+            server.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE database = %s AND NOT active",
+                params=(name,),
+            )
+            server.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+            return
+        time.sleep(0.1)
