@@ -111,7 +111,7 @@ class SourceSettings(_Strict):
     @classmethod
     def _tables(cls, v: list[str] | None) -> list[str] | None:
         for name in v or []:
-            if not name or name.count(".") > 1 and not name.startswith('"'):
+            if not name or (name.count(".") > 1 and not name.startswith('"')):
                 raise ValueError(f"expected schema.table or table, found {name!r}")
         return v
 

@@ -1,0 +1,274 @@
+"""Source -> encode -> sinks, with bounded queues and a gap-free checkpoint.
+
+One thread reads the source and encodes envelopes; each sink has its own
+thread fed through a bounded queue. A full queue blocks the reader: that is
+the backpressure, and it is what keeps memory bounded whatever the rate (a
+large transaction streams through; it is never collected in memory).
+
+Failure handling is crash-only: when a sink or the source fails, the run
+ends with that error and nothing is confirmed past what every sink made
+durable. The caller rebuilds the pipeline and resumes from the checkpoint;
+transactions after it are delivered again with the same ids (at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from agent.checkpoint import AckTracker, Durable
+from agent.envelope import EnvelopeEncoder, format_ts
+from agent.errors import ChangevaultError, ServiceError
+from agent.events import Heartbeat, Transaction
+from connectors.base import EncodedEvent, Sink, SinkItem, Source, TxBegin, TxEnd
+
+log = logging.getLogger(__name__)
+
+_STOP = object()  # sentinel: drain and close
+
+
+class PipelineObserver(Protocol):
+    """What the pipeline reports; implemented by the metrics adapter."""
+
+    def transaction_done(self, counts: dict[tuple[str, str], int]) -> None: ...
+
+    def sink_state(self, sink: str, up: bool) -> None: ...
+
+    def sink_error(self, sink: str) -> None: ...
+
+    def durable(self, d: Durable, latencies: list[float]) -> None:
+        """`d` is confirmed; `latencies`: commit -> durable seconds of each newly durable tx."""
+
+
+class NullObserver:
+    def transaction_done(self, counts: dict[tuple[str, str], int]) -> None:
+        pass
+
+    def sink_state(self, sink: str, up: bool) -> None:
+        pass
+
+    def sink_error(self, sink: str) -> None:
+        pass
+
+    def durable(self, d: Durable, latencies: list[float]) -> None:
+        pass
+
+
+@dataclass
+class PipelineOptions:
+    queue_items: int = 4096
+    confirm_interval: float = 1.0  # seconds between confirmations to the source
+    drain_timeout: float = 60.0
+
+
+class _SinkWorker:
+    """Feeds one sink from its bounded queue; remembers its failure."""
+
+    def __init__(self, sink: Sink, maxsize: int, on_fail: Callable[[], None]) -> None:
+        self.sink = sink
+        self.queue: queue.Queue[object] = queue.Queue(maxsize)
+        self.error: BaseException | None = None
+        self._on_fail = on_fail
+        self.thread = threading.Thread(target=self._run, name=f"sink-{sink.name}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            last_tick = time.monotonic()
+            while True:
+                try:
+                    item = self.queue.get(timeout=0.5)
+                except queue.Empty:
+                    item = None
+                if item is _STOP:
+                    self.sink.flush(timeout=60.0)
+                    return
+                if item is not None:
+                    self.sink.accept(item)  # type: ignore[arg-type]
+                now = time.monotonic()
+                if item is None or now - last_tick >= 1.0:
+                    self.sink.tick()
+                    last_tick = now
+        except BaseException as exc:
+            self.error = exc
+            self._on_fail()
+
+
+class Pipeline:
+    def __init__(
+        self,
+        source: Source,
+        sinks: Sequence[Sink],
+        encoder: EnvelopeEncoder,
+        confirm: Callable[[Durable], None],
+        stop: threading.Event,
+        observer: PipelineObserver | None = None,
+        options: PipelineOptions | None = None,
+        first_index: int = 1,
+    ) -> None:
+        self.source = source
+        self.sinks = list(sinks)
+        self.encoder = encoder
+        self.tracker = AckTracker(s.name for s in self.sinks)
+        self._confirm = confirm
+        self._stop = stop
+        self._failed = threading.Event()
+        self.observer: PipelineObserver = observer or NullObserver()
+        self.options = options or PipelineOptions()
+        self._next_index = first_index
+        self._confirmed: Durable | None = None
+        self._last_confirm = 0.0
+        self._commit_wall: deque[tuple[int, float]] = deque()
+        self.last_progress = time.monotonic()
+        self.streaming = False
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> None:
+        """Stream until `stop` is set (drain, confirm, return) or a failure (raise)."""
+        workers = [
+            _SinkWorker(s, self.options.queue_items, self._failed.set) for s in self.sinks
+        ]
+        for w in workers:
+            w.sink.open(self._ack_for(w.sink.name))
+            self.observer.sink_state(w.sink.name, True)
+            w.thread.start()
+        try:
+            self.streaming = True
+            for item in self.source.stream():
+                self._check_workers(workers)
+                if isinstance(item, Heartbeat):
+                    self.tracker.register(self._take_index(), item.position, None)
+                else:
+                    self._feed(item, workers)
+                self.last_progress = time.monotonic()
+                self._maybe_confirm()
+                if self._stop.is_set():
+                    break
+            self.streaming = False
+            self._drain(workers)
+        except BaseException:
+            self.streaming = False
+            self._abort(workers)
+            raise
+
+    def _take_index(self) -> int:
+        idx = self._next_index
+        self._next_index += 1
+        return idx
+
+    def _feed(self, tx: Transaction, workers: list[_SinkWorker]) -> None:
+        idx = self._take_index()
+        commit_ts = format_ts(tx.commit_ts)
+        begin = TxBegin(
+            idx, tx.position, tx.txid, tx.commit_ts, tuple(tx.schemas), tx.snapshot_id
+        )
+        self._put(begin, workers)
+        counts: dict[tuple[str, str], int] = {}
+        for ev in tx.events:
+            eid, envelope = self.encoder.encode(ev, tx.position, tx.txid, commit_ts)
+            self._put(EncodedEvent(idx, eid, ev, envelope), workers)
+            k = (f"{ev.schema}.{ev.table}", ev.op)
+            counts[k] = counts.get(k, 0) + 1
+        per_table: dict[str, int] = {}
+        for (table, _op), n in counts.items():
+            per_table[table] = per_table.get(table, 0) + n
+        self._commit_wall.append((idx, tx.commit_ts.timestamp()))
+        self.tracker.register(idx, tx.position, tx.commit_ts)
+        self._put(TxEnd(idx, tx.position, tx.commit_ts, per_table), workers)
+        self.observer.transaction_done(counts)
+
+    def _put(self, item: SinkItem, workers: list[_SinkWorker]) -> None:
+        for w in workers:
+            while True:
+                try:
+                    w.queue.put(item, timeout=0.5)
+                    break
+                except queue.Full:
+                    # Backpressure: wait for the sink, but notice its failure.
+                    self._check_workers(workers)
+
+    def _check_workers(self, workers: list[_SinkWorker]) -> None:
+        if not self._failed.is_set():
+            return
+        for w in workers:
+            if w.error is not None:
+                self.observer.sink_error(w.sink.name)
+                self.observer.sink_state(w.sink.name, False)
+                err = w.error
+                if isinstance(err, ChangevaultError):
+                    raise err
+                raise ServiceError(
+                    f"sink {w.sink.name} failed: {type(err).__name__}: {err}"
+                ) from err
+
+    def _ack_for(self, sink: str) -> Callable[[int], None]:
+        def ack(index: int) -> None:
+            self.tracker.complete_through(sink, index)
+
+        return ack
+
+    # --------------------------------------------------------------- confirm
+
+    def _maybe_confirm(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_confirm < self.options.confirm_interval:
+            return
+        self._last_confirm = now
+        durable = self.tracker.durable
+        if durable is None or durable == self._confirmed:
+            return
+        wall = time.time()
+        latencies: list[float] = []
+        while self._commit_wall and self._commit_wall[0][0] <= durable.index:
+            latencies.append(wall - self._commit_wall.popleft()[1])
+        self._confirm(durable)
+        self.source.confirm(durable.position)
+        self._confirmed = durable
+        self.observer.durable(durable, latencies)
+
+    def _drain(self, workers: list[_SinkWorker]) -> None:
+        for w in workers:
+            self._put_stop(w)
+        deadline = time.monotonic() + self.options.drain_timeout
+        for w in workers:
+            w.thread.join(max(0.1, deadline - time.monotonic()))
+        self._check_workers(workers)
+        self.tracker.wait_idle(max(0.1, deadline - time.monotonic()))
+        self._maybe_confirm(force=True)
+        for w in workers:
+            w.sink.close()
+
+    def _put_stop(self, w: _SinkWorker) -> None:
+        while w.thread.is_alive():
+            try:
+                w.queue.put(_STOP, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _abort(self, workers: list[_SinkWorker]) -> None:
+        for w in workers:
+            # Drop what is queued: it is not confirmed, so it is delivered again.
+            while True:
+                try:
+                    w.queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._put_stop(w)
+        for w in workers:
+            w.thread.join(5.0)
+            try:
+                w.sink.close()
+            except Exception as exc:  # closing a failed sink may fail too
+                log.warning("closing sink %s after a failure: %s", w.sink.name, exc)
+
+    def lag_seconds(self, now: datetime) -> float:
+        oldest = self.tracker.oldest_pending_commit()
+        return 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
