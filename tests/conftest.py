@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import pytest
 from psycopg import sql
 
+from tests.servers.mariadb import MariaDBServer, quote_identifier
 from tests.servers.postgres import PostgresServer
 from tests.servers.processes import tail
 
@@ -133,3 +134,36 @@ def _drop_pg_database(server: PostgresServer, name: str) -> None:
             )
             return
         time.sleep(0.1)
+
+
+# -- MariaDB ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MySQLDatabase:
+    name: str
+    dsn: str
+
+
+@pytest.fixture(scope="session")
+def mariadb_server(server_log_dir: Path) -> Iterator[MariaDBServer]:
+    server = MariaDBServer(log_dir=server_log_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def mysql_database(
+    request: pytest.FixtureRequest, mariadb_server: MariaDBServer
+) -> Iterator[MySQLDatabase]:
+    """A fresh database on the shared MariaDB server, dropped afterwards."""
+    name = _unique_name(request, "cv", 64)
+    dsn = mariadb_server.create_database(name)
+    yield MySQLDatabase(name=name, dsn=dsn)
+    if not mariadb_server.running:
+        mariadb_server.start()
+    with contextlib.suppress(Exception):
+        mariadb_server.execute(f"DROP DATABASE IF EXISTS {quote_identifier(name)}")
