@@ -1,0 +1,1 @@
+"""PostgreSQL source: pgoutput logical replication over psycopg 3."""

@@ -1,0 +1,267 @@
+"""Relation cache with history, and decoded pgoutput rows -> ChangeEvents.
+
+pgoutput sends a Relation message before the first change of a table in a
+session and again after every DDL that touches it, so the decoder always
+knows the shape that applies to the rows that follow. Each distinct shape
+(names, column names, types, key) gets a schema version, increasing per table;
+the history keeps every version with the LSN where it started, so a position
+can be decoded with the shape it was written with, never with today's
+catalog.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from agent.errors import DecodeError
+from agent.events import ChangeEvent, Column, Row, TableSchema
+from connectors.postgres.pgoutput import (
+    REPLICA_IDENTITY_FULL,
+    UNCHANGED_TOAST,
+    Delete,
+    Insert,
+    Message,
+    Relation,
+    Truncate,
+    TupleData,
+    TypeInfoMessage,
+    Update,
+)
+from connectors.postgres.pgtypes import Converter, TypeConverters, TypeResolver, format_type
+
+# Under REPLICA IDENTITY FULL pgoutput flags every column as key, so the primary
+# key has to come from the catalog: the Source supplies this (pg_index lookup).
+PrimaryKeyResolver = Callable[[Relation], "tuple[str, ...] | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class RelationVersion:
+    """One shape of one relation, with everything the hot path needs precompiled."""
+
+    relation: Relation
+    schema: TableSchema
+    from_lsn: int
+    names: tuple[str, ...]
+    converters: tuple[Converter, ...]
+    key_names: tuple[str, ...]
+    identity_full: bool
+
+
+def _shape(schema: TableSchema) -> tuple[Any, ...]:
+    return (
+        schema.schema,
+        schema.table,
+        tuple((c.name, c.type_name) for c in schema.columns),
+        schema.primary_key,
+    )
+
+
+class RelationHistory:
+    """Relation messages -> versioned TableSchemas, per relid and per position."""
+
+    __slots__ = ("_by_relid", "_current", "_latest", "converters", "primary_key", "resolver")
+
+    def __init__(
+        self,
+        converters: TypeConverters,
+        resolver: TypeResolver | None = None,
+        primary_key: PrimaryKeyResolver | None = None,
+    ) -> None:
+        self.converters = converters
+        self.resolver = resolver if resolver is not None else converters.resolver
+        self.primary_key = primary_key
+        self._latest: dict[tuple[str, str], TableSchema] = {}
+        self._by_relid: dict[int, list[RelationVersion]] = {}
+        self._current: dict[int, RelationVersion] = {}
+
+    def seed(self, schema: TableSchema) -> None:
+        """The newest known version of a table (from saved state), so a restarted
+        agent keeps numbering versions where it left off."""
+        known = self._latest.get((schema.schema, schema.table))
+        if known is None or known.version <= schema.version:
+            self._latest[(schema.schema, schema.table)] = schema
+
+    def note_type(self, msg: TypeInfoMessage) -> None:
+        self.converters.note_type(msg.oid, msg.namespace, msg.name)
+
+    def apply(self, rel: Relation, lsn: int = 0) -> TableSchema | None:
+        """Record a Relation message seen at `lsn`; returns the schema when it is a
+        shape not seen before for this table (a new version), else None."""
+        namespace = rel.namespace or "pg_catalog"
+        key_names = tuple(c.name for c in rel.columns if c.is_key)
+        if rel.replica_identity == REPLICA_IDENTITY_FULL and self.primary_key is not None:
+            key_names = self.primary_key(rel) or key_names
+        columns = tuple(
+            Column(
+                c.name, format_type(c.type_oid, c.typmod, self.resolver, self.converters.warnings)
+            )
+            for c in rel.columns
+        )
+        schema = TableSchema(namespace, rel.name, columns, key_names)
+        latest = self._latest.get((namespace, rel.name))
+        new_schema: TableSchema | None = None
+        if latest is not None and _shape(latest) == _shape(schema):
+            schema = latest
+        else:
+            version = latest.version + 1 if latest is not None else 1
+            schema = new_schema = TableSchema(namespace, rel.name, columns, key_names, version)
+            self._latest[(namespace, rel.name)] = schema
+        entry = RelationVersion(
+            relation=rel,
+            schema=schema,
+            from_lsn=lsn,
+            names=tuple(c.name for c in rel.columns),
+            converters=self.converters.row(tuple(c.type_oid for c in rel.columns)),
+            key_names=key_names,
+            identity_full=rel.replica_identity == REPLICA_IDENTITY_FULL,
+        )
+        self._current[rel.relid] = entry
+        versions = self._by_relid.setdefault(rel.relid, [])
+        bisect.insort(versions, entry, key=lambda v: v.from_lsn)
+        return new_schema
+
+    def current(self, relid: int) -> RelationVersion:
+        """The shape of the last Relation message for `relid` (what pgoutput uses)."""
+        try:
+            return self._current[relid]
+        except KeyError:
+            raise DecodeError(
+                f"expected a Relation message for relation {relid} before its rows, found none"
+            ) from None
+
+    def at(self, relid: int, lsn: int) -> RelationVersion:
+        """The shape that applied at `lsn` (the newest version starting at or before it)."""
+        versions = self._by_relid.get(relid)
+        if not versions:
+            raise DecodeError(f"expected a known relation {relid}, found no history")
+        i = bisect.bisect_right(versions, lsn, key=lambda v: v.from_lsn)
+        return versions[max(i - 1, 0)]
+
+    def schemas(self) -> list[TableSchema]:
+        """The newest version of every table seen or seeded (for saving state)."""
+        return list(self._latest.values())
+
+
+def decode_row(rv: RelationVersion, values: TupleData) -> tuple[Row, list[str] | None]:
+    """TupleData -> (column values by name, names of unchanged-TOAST columns or None)."""
+    names = rv.names
+    if len(values) != len(names):
+        raise DecodeError(
+            f"expected {len(names)} columns for {rv.schema.qualified}, found {len(values)}"
+        )
+    row: Row = {}
+    unchanged: list[str] | None = None
+    try:
+        for name, conv, raw in zip(names, rv.converters, values, strict=True):
+            if type(raw) is bytes:
+                row[name] = conv(raw)
+            elif raw is None:
+                row[name] = None
+            elif raw is UNCHANGED_TOAST:
+                if unchanged is None:
+                    unchanged = []
+                unchanged.append(name)
+            else:
+                raise DecodeError(
+                    f"expected text column values in {rv.schema.qualified}.{name}, found binary"
+                )
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(
+            f"expected a valid value for a column of {rv.schema.qualified}: {exc}"
+        ) from exc
+    return row, unchanged
+
+
+def _pick(row: Row, names: tuple[str, ...]) -> Row:
+    return {n: row[n] for n in names if n in row}
+
+
+class EventBuilder:
+    """Turns decoded Insert/Update/Delete/Truncate messages into ChangeEvents."""
+
+    __slots__ = ("history",)
+
+    def __init__(self, history: RelationHistory) -> None:
+        self.history = history
+
+    def insert(self, msg: Insert, seq: int) -> ChangeEvent:
+        rv = self.history.current(msg.relid)
+        after, unchanged = decode_row(rv, msg.new)
+        s = rv.schema
+        key = {n: after[n] for n in rv.key_names}
+        return ChangeEvent(
+            "c", s.schema, s.table, seq, key, None, after, s.version, tuple(unchanged or ())
+        )
+
+    def update(self, msg: Update, seq: int) -> ChangeEvent:
+        rv = self.history.current(msg.relid)
+        after, unchanged = decode_row(rv, msg.new)
+        s = rv.schema
+        before: Row
+        if msg.old is None:  # key unchanged: the log carried no old tuple
+            before = _pick(after, rv.key_names)
+        else:
+            old, _ = decode_row(rv, msg.old)
+            before = old if msg.old_kind == "O" else _pick(old, rv.key_names)
+        if unchanged and msg.old_kind == "O":
+            # REPLICA IDENTITY FULL: the old tuple holds the value the update kept.
+            for name in unchanged:
+                after[name] = before[name]
+            unchanged = None
+        return ChangeEvent(
+            "u", s.schema, s.table, seq, _pick(after, rv.key_names) or _pick(before, rv.key_names),
+            before, after, s.version, tuple(unchanged or ()),
+        )  # fmt: skip
+
+    def delete(self, msg: Delete, seq: int) -> ChangeEvent:
+        rv = self.history.current(msg.relid)
+        old, _ = decode_row(rv, msg.old)
+        s = rv.schema
+        key = _pick(old, rv.key_names)
+        before = old if msg.old_kind == "O" else key
+        return ChangeEvent("d", s.schema, s.table, seq, key, before, None, s.version)
+
+    def truncate(self, msg: Truncate, seq: int) -> list[ChangeEvent]:
+        """One `t` event per truncated relation, numbered from `seq`."""
+        events = []
+        for i, relid in enumerate(msg.relids):
+            s = self.history.current(relid).schema
+            events.append(ChangeEvent("t", s.schema, s.table, seq + i, None, None, None, s.version))
+        return events
+
+    def transaction_events(
+        self,
+        messages: Iterable[Message],
+        lsn: int = 0,
+        new_schemas: list[TableSchema] | None = None,
+    ) -> Iterator[ChangeEvent]:
+        """The events of one transaction's messages, `seq` from 0.
+
+        Relation and Type messages inside it are applied to the history (at
+        `lsn`); shapes new to the history are appended to `new_schemas`.
+        Begin/Commit/Origin/Message/Stream* messages are skipped.
+        """
+        seq = 0
+        for msg in messages:
+            if isinstance(msg, Insert):
+                yield self.insert(msg, seq)
+                seq += 1
+            elif isinstance(msg, Update):
+                yield self.update(msg, seq)
+                seq += 1
+            elif isinstance(msg, Delete):
+                yield self.delete(msg, seq)
+                seq += 1
+            elif isinstance(msg, Truncate):
+                for event in self.truncate(msg, seq):
+                    yield event
+                    seq += 1
+            elif isinstance(msg, Relation):
+                schema = self.history.apply(msg, lsn)
+                if schema is not None and new_schemas is not None:
+                    new_schemas.append(schema)
+            elif isinstance(msg, TypeInfoMessage):
+                self.history.note_type(msg)
