@@ -366,6 +366,20 @@ ARRAY_ELEMENTS: Final[Mapping[int, int]] = MappingProxyType(
     }
 )  # fmt: skip
 
+# pg_catalog type names -> oid. pgoutput's Type message for a domain carries the
+# domain's oid with its *base* type's namespace and name, so a domain over a
+# builtin converts correctly even without a resolver.
+_BUILTIN_OIDS: Final[Mapping[str, int]] = MappingProxyType(
+    {
+        "bool": 16, "bytea": 17, "char": 18, "name": 19, "int8": 20, "int2": 21,
+        "int4": 23, "text": 25, "oid": 26, "json": 114, "xml": 142, "cidr": 650,
+        "float4": 700, "float8": 701, "macaddr8": 774, "money": 790, "macaddr": 829,
+        "inet": 869, "bpchar": 1042, "varchar": 1043, "date": 1082, "time": 1083,
+        "timestamp": 1114, "timestamptz": 1184, "interval": 1186, "timetz": 1266,
+        "bit": 1560, "varbit": 1562, "numeric": 1700, "uuid": 2950, "jsonb": 3802,
+    }
+)  # fmt: skip
+
 _MAX_TYPE_DEPTH: Final = 16  # domains of domains; a cycle would be a corrupt catalog
 
 
@@ -384,11 +398,11 @@ class TypeConverters:
         self.resolver = resolver
         self.warnings = warnings if warnings is not None else UnknownTypeWarnings()
         self._cache: dict[int, Converter] = {}
-        self._names: dict[int, str] = {}
+        self._names: dict[int, tuple[str, str]] = {}
 
     def note_type(self, oid: int, namespace: str, name: str) -> None:
         """A pgoutput Type message: remember the name, rebuild on next use."""
-        self._names[oid] = f"{namespace}.{name}" if namespace else name
+        self._names[oid] = (namespace, name)
         self._cache.pop(oid, None)
 
     def for_oid(self, oid: int) -> Converter:
@@ -409,7 +423,11 @@ class TypeConverters:
             return _array_of(self._build(elem, depth + 1))
         info = self.resolver(oid) if self.resolver is not None else None
         if info is None or depth > _MAX_TYPE_DEPTH:
-            self.warnings.warn(self._names.get(oid, f"oid {oid}"))
+            namespace, name = self._names.get(oid, ("", ""))
+            builtin = _BUILTIN_OIDS.get(name) if not namespace else None
+            if builtin is not None:
+                return self._build(builtin, depth + 1)
+            self.warnings.warn(f"{namespace}.{name}" if namespace else name or f"oid {oid}")
             return _text
         if info.elem_oid:
             return _array_of(self._build(info.elem_oid, depth + 1))
