@@ -110,25 +110,25 @@ RECORDINGS = {
 
 def main() -> None:
     settings = {"logical_decoding_work_mem": "64kB"}
-    with PostgresServer(name="pgoutput-rec", extra_settings=settings) as pg:
-        with pg.connect() as conn:
-            # One statement per call: a multi-statement string is one implicit
-            # transaction, and slot creation refuses a transaction with writes.
-            for step in [SETUP, *WORKLOAD]:
-                for statement in filter(None, (s.strip() for s in step.split(";"))):
-                    conn.execute(statement)
-            conn.execute(SESSION)
-            for filename, options in RECORDINGS.items():
-                rows = conn.execute(
-                    "SELECT lsn::text, xid::text, data FROM"
-                    " pg_logical_slot_peek_binary_changes('rec', NULL, NULL, VARIADIC %s)",
-                    (options,),
-                ).fetchall()
-                with (HERE / filename).open("w") as out:
-                    for lsn, xid, data in rows:
-                        out.write(json.dumps({"lsn": lsn, "xid": xid, "data": bytes(data).hex()}))
-                        out.write("\n")
-                print(f"{filename}: {len(rows)} messages")
+    server = PostgresServer(name="pgoutput-rec", extra_settings=settings)
+    with server as pg, pg.connect() as conn:
+        # One statement per call: a multi-statement string is one implicit
+        # transaction, and slot creation refuses a transaction with writes.
+        for step in [SETUP, *WORKLOAD]:
+            for statement in filter(None, (s.strip() for s in step.split(";"))):
+                conn.execute(statement)
+        conn.execute(SESSION)
+        for filename, options in RECORDINGS.items():
+            rows = conn.execute(
+                "SELECT lsn::text, xid::text, data FROM"
+                " pg_logical_slot_peek_binary_changes('rec', NULL, NULL, VARIADIC %s)",
+                (options,),
+            ).fetchall()
+            with (HERE / filename).open("w") as out:
+                for lsn, xid, data in rows:
+                    out.write(json.dumps({"lsn": lsn, "xid": xid, "data": bytes(data).hex()}))
+                    out.write("\n")
+            print(f"{filename}: {len(rows)} messages")
 
 
 if __name__ == "__main__":
