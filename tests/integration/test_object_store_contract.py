@@ -35,7 +35,7 @@ def store(
     if request.param == "file":
         yield open_object_store((tmp_path / "archive").as_uri())
         return
-    s3_server: Any = request.getfixturevalue("s3_server")
+    s3_server: Any = request.getfixturevalue("s3_server")  # only the s3 variant needs it
     # moto accepts any credentials; the store finds them the usual AWS way.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "cv-test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "cv-test-secret")
