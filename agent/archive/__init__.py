@@ -1,0 +1,1 @@
+"""The archive: immutable sealed segments, snapshots and a signed hash-chained catalog."""

@@ -1,0 +1,141 @@
+"""Plaintext records inside a segment (before compression and sealing).
+
+A segment's plaintext is a sequence of length-prefixed records. Transactions
+may span segments (a 1,000,000-row transaction does), so readers apply a
+transaction only when its `TxEndRecord` has been read: restore stays
+transaction-consistent without holding a transaction in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import IO, Any
+
+from agent.checkpoint import position_from_json, position_to_json
+from agent.errors import DecodeError
+from agent.events import Column, ForeignKey, Index, Position, TableSchema
+
+# One byte of record kind, then a 4-byte big-endian length, then the body.
+_HEAD = struct.Struct(">BI")
+KIND_BEGIN = 1
+KIND_EVENT = 2
+KIND_END = 3
+KIND_SCHEMA = 4
+MAX_RECORD = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TxBeginRecord:
+    position: Position
+    txid: str
+    commit_ts: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    envelope: bytes  # the CONTRACT.md JSON envelope
+
+
+@dataclass(frozen=True, slots=True)
+class TxEndRecord:
+    position: Position
+    events: int
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaRecord:
+    table: TableSchema
+
+
+Record = TxBeginRecord | EventRecord | TxEndRecord | SchemaRecord
+
+
+def schema_to_json(t: TableSchema) -> dict[str, Any]:
+    return {
+        "schema": t.schema,
+        "table": t.table,
+        "version": t.version,
+        "columns": [[c.name, c.type_name, c.nullable, c.default] for c in t.columns],
+        "primary_key": list(t.primary_key),
+        "foreign_keys": [
+            [f.name, list(f.columns), f.ref_schema, f.ref_table, list(f.ref_columns), f.on_delete]
+            for f in t.foreign_keys
+        ],
+        "indexes": [[i.name, list(i.columns), i.unique] for i in t.indexes],
+    }
+
+
+def schema_from_json(d: dict[str, Any]) -> TableSchema:
+    return TableSchema(
+        schema=d["schema"],
+        table=d["table"],
+        version=int(d["version"]),
+        columns=tuple(Column(n, t, bool(nl), df) for n, t, nl, df in d["columns"]),
+        primary_key=tuple(d["primary_key"]),
+        foreign_keys=tuple(
+            ForeignKey(n, tuple(c), rs, rt, tuple(rc), od)
+            for n, c, rs, rt, rc, od in d["foreign_keys"]
+        ),
+        indexes=tuple(Index(n, tuple(c), bool(u)) for n, c, u in d["indexes"]),
+    )
+
+
+def encode_record(rec: Record) -> bytes:
+    if isinstance(rec, EventRecord):
+        return _HEAD.pack(KIND_EVENT, len(rec.envelope)) + rec.envelope
+    if isinstance(rec, TxBeginRecord):
+        kind = KIND_BEGIN
+        doc: dict[str, Any] = {
+            "position": position_to_json(rec.position),
+            "txid": rec.txid,
+            "commit_ts": rec.commit_ts.isoformat(),
+        }
+    elif isinstance(rec, TxEndRecord):
+        kind = KIND_END
+        doc = {"position": position_to_json(rec.position), "events": rec.events}
+    else:
+        kind = KIND_SCHEMA
+        doc = schema_to_json(rec.table)
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    return _HEAD.pack(kind, len(body)) + body
+
+
+def _decode_body(kind: int, body: bytes) -> Record:
+    if kind == KIND_EVENT:
+        return EventRecord(body)
+    try:
+        doc = json.loads(body)
+        if kind == KIND_BEGIN:
+            return TxBeginRecord(
+                position_from_json(doc["position"]),
+                str(doc["txid"]),
+                datetime.fromisoformat(doc["commit_ts"]),
+            )
+        if kind == KIND_END:
+            return TxEndRecord(position_from_json(doc["position"]), int(doc["events"]))
+        if kind == KIND_SCHEMA:
+            return SchemaRecord(schema_from_json(doc))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DecodeError(f"malformed segment record (kind {kind}): {type(exc).__name__}") from None
+    raise DecodeError(f"unknown segment record kind {kind}")
+
+
+def read_records(stream: IO[bytes]) -> Iterator[Record]:
+    """Records from a decompressed plaintext stream, in bounded memory."""
+    while True:
+        head = stream.read(_HEAD.size)
+        if not head:
+            return
+        if len(head) < _HEAD.size:
+            raise DecodeError("segment plaintext ends inside a record header")
+        kind, length = _HEAD.unpack(head)
+        if length > MAX_RECORD:
+            raise DecodeError(f"segment record of {length} bytes exceeds the limit")
+        body = stream.read(length)
+        if len(body) < length:
+            raise DecodeError("segment plaintext ends inside a record")
+        yield _decode_body(kind, body)

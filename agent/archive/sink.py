@@ -1,0 +1,183 @@
+"""The archive sink: transactions into sealed segments plus catalog entries.
+
+A segment closes when its plaintext passes `segment_max_bytes` or its first
+record is `segment_max_age` old (a change reaches the archive within that
+time), always at a record boundary; a transaction may continue into the next
+segment. A transaction is durable here once the segment holding its end
+record and that segment's catalog entry exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.archive import catalog
+from agent.archive.records import EventRecord, SchemaRecord, TxBeginRecord, TxEndRecord
+from agent.archive.segment import SegmentBuilder, seal_object
+from agent.archive.writer import ArchiveWriter
+from agent.checkpoint import position_to_json
+from agent.crypto.datakeys import DataKeyManager
+from agent.crypto.keyhash import KeyHasher
+from agent.envelope import format_ts
+from agent.events import Position
+from connectors.base import EncodedEvent, SinkItem, TxBegin, TxEnd
+
+log = logging.getLogger(__name__)
+
+INDEX_HASH_BYTES = 8  # truncated keyed hashes: false positives only cost a read
+
+
+@dataclass
+class _Open:
+    builder: SegmentBuilder = field(default_factory=SegmentBuilder)
+    opened: float = field(default_factory=time.monotonic)
+    after: Position | None = None  # last complete position before this segment
+    first_position: Position | None = None
+    last_end: TxEnd | None = None
+    first_commit: str | None = None
+    tx_ends: int = 0
+    events: int = 0
+    tables: set[str] = field(default_factory=set)
+    index: set[bytes] = field(default_factory=set)
+    truncate: bool = False
+    schema_change: bool = False
+
+
+class ArchiveSink:
+    name = "archive"
+
+    def __init__(
+        self,
+        writer: ArchiveWriter,
+        data_keys: DataKeyManager,
+        hasher: KeyHasher,
+        link_columns: Mapping[str, Sequence[str]],
+        max_bytes: int,
+        max_age: float,
+        resume_after: Position | None,
+        on_segment: Callable[[int], None] | None = None,
+    ) -> None:
+        self.writer = writer
+        self.data_keys = data_keys
+        self.hasher = hasher
+        # "schema.table" -> columns whose values name an entity (FKs, entity_links)
+        self.link_columns = link_columns
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self._ack: Callable[[int], None] = lambda i: None
+        self._seg: _Open | None = None
+        self._last_complete: Position | None = resume_after
+        self._on_segment = on_segment
+        self._last_renew = time.monotonic()
+
+    def open(self, ack: Callable[[int], None]) -> None:
+        self._ack = ack
+        self.writer.open()
+
+    def _segment(self) -> _Open:
+        if self._seg is None:
+            self._seg = _Open(after=self._last_complete)
+        return self._seg
+
+    def accept(self, item: SinkItem) -> None:
+        seg = self._segment()
+        if isinstance(item, EncodedEvent):
+            seg.builder.add(EventRecord(item.envelope))
+            seg.events += 1
+            self._index(seg, item)
+        elif isinstance(item, TxBegin):
+            if seg.first_position is None:
+                seg.first_position = item.position
+            for schema in item.schemas:
+                seg.builder.add(SchemaRecord(schema))
+                seg.schema_change = True
+            seg.builder.add(TxBeginRecord(item.position, item.txid, item.commit_ts))
+        elif isinstance(item, TxEnd):
+            seg.builder.add(TxEndRecord(item.position, sum(item.event_counts.values())))
+            seg.last_end = item
+            seg.tx_ends += 1
+            if seg.first_commit is None:
+                seg.first_commit = format_ts(item.commit_ts)
+            self._last_complete = item.position
+        if seg.builder.raw_bytes >= self.max_bytes:
+            self._close_segment()
+
+    def _index(self, seg: _Open, item: EncodedEvent) -> None:
+        ev = item.event
+        table = f"{ev.schema}.{ev.table}"
+        seg.tables.add(table)
+        if ev.op == "t":
+            seg.truncate = True
+            return
+        if ev.key:
+            seg.index.add(self.hasher.row_key(ev.schema, ev.table, ev.key)[:INDEX_HASH_BYTES])
+        for column in self.link_columns.get(table, ()):
+            for row in (ev.before, ev.after):
+                if row is not None and row.get(column) is not None:
+                    h = self.hasher.column_value(ev.schema, ev.table, column, row[column])
+                    seg.index.add(h[:INDEX_HASH_BYTES])
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_renew >= self.writer.lease_ttl / 3:
+            self.writer.renew_lease()
+            self._last_renew = now
+        if self._seg is not None and now - self._seg.opened >= self.max_age:
+            self._close_segment()
+
+    def flush(self, timeout: float) -> None:
+        if self._seg is not None:
+            self._close_segment()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def _close_segment(self) -> None:
+        seg, self._seg = self._seg, None
+        if seg is None or seg.builder.records == 0:
+            return
+        key = self.writer.object_key("segments", ".seg")
+        archive_id = self.writer.archive_id
+        data_key = self.data_keys.current()
+        blob = seal_object(
+            data_key, archive_id, key, {"kind": "segment"}, [seg.builder.finish()]
+        )
+        index_key = key[: -len(".seg")] + ".idx"
+        index_blob = seal_object(
+            data_key, archive_id, index_key, {"kind": "index"}, [b"".join(sorted(seg.index))]
+        )
+        self.writer.store.create(key, blob)
+        self.writer.store.create(index_key, index_blob)
+        body: dict[str, Any] = {
+            "object": key,
+            "digest": _sha256(blob),
+            "size": len(blob),
+            "index_object": index_key,
+            "index_digest": _sha256(index_blob),
+            "index_size": len(index_blob),
+            "after": position_to_json(seg.after) if seg.after else None,
+            "first_position": position_to_json(seg.first_position) if seg.first_position else None,
+            "last_position": position_to_json(seg.last_end.position) if seg.last_end else None,
+            "first_commit_ts": seg.first_commit,
+            "last_commit_ts": format_ts(seg.last_end.commit_ts) if seg.last_end else None,
+            "tx_ends": seg.tx_ends,
+            "events": seg.events,
+            "raw_bytes": seg.builder.raw_bytes,
+            "tables": sorted(seg.tables),
+            "truncate": seg.truncate,
+            "schema_change": seg.schema_change,
+        }
+        self.writer.append(catalog.SEGMENT, body)
+        if self._on_segment is not None:
+            self._on_segment(len(blob) + len(index_blob))
+        if seg.last_end is not None:
+            self._ack(seg.last_end.index)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
