@@ -23,6 +23,7 @@ from psycopg import sql
 
 from agent.errors import ServiceError
 from agent.settings import SourceSettings
+from connectors.postgres.pgtypes import REPLICATION_SESSION_SETTINGS
 
 # Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
@@ -52,7 +53,14 @@ def _now_pg_micros() -> int:
 
 def connection_params(source: SourceSettings) -> dict[str, Any]:
     """Keyword arguments for psycopg.connect from the source settings (never logged)."""
-    params: dict[str, Any] = {"application_name": "changevault", "connect_timeout": 10}
+    # The same session settings on every connection, so text values from the
+    # snapshot and from pgoutput are printed identically.
+    options = " ".join(f"-c {k}={v}" for k, v in REPLICATION_SESSION_SETTINGS.items())
+    params: dict[str, Any] = {
+        "application_name": "changevault",
+        "connect_timeout": 10,
+        "options": options,
+    }
     if source.password is not None:
         params["password"] = source.password.get_secret_value()
     tls = source.tls
@@ -120,6 +128,10 @@ class ReplicationConnection:
     def __init__(self, dsn: str, params: dict[str, Any]) -> None:
         self._conn = psycopg.connect(dsn, replication="database", autocommit=True, **params)
         self._streaming = False
+
+    @property
+    def streaming(self) -> bool:
+        return self._streaming
 
     @property
     def backend_pid(self) -> int:

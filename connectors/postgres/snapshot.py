@@ -50,7 +50,7 @@ WHERE a.attrelid = %s::oid AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
 
-_PRIMARY_KEY_SQL = """
+PRIMARY_KEY_SQL = """
 SELECT a.attname
 FROM pg_index i
 CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
@@ -87,7 +87,7 @@ ORDER BY ic.relname
 def read_table_schema(conn: psycopg.Connection[Any], table: TableRef) -> TableSchema:
     """A table's definition from the catalogs (as seen by this connection's snapshot)."""
     cols = conn.execute(_COLUMNS_SQL, (table.relid,)).fetchall()
-    pkey = [r[0] for r in conn.execute(_PRIMARY_KEY_SQL, (table.relid,)).fetchall()]
+    pkey = [r[0] for r in conn.execute(PRIMARY_KEY_SQL, (table.relid,)).fetchall()]
     fks = [
         ForeignKey(r[0], tuple(r[4]), r[1], r[2], tuple(r[5]), _FK_ACTIONS.get(r[3], "NO ACTION"))
         for r in conn.execute(_FOREIGN_KEYS_SQL, (table.relid,)).fetchall()
