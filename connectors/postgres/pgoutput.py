@@ -71,6 +71,16 @@ ColumnValue = bytes | None | UnchangedToast | BinaryValue
 TupleData = tuple[ColumnValue, ...]
 
 
+class MixedTupleData(tuple[ColumnValue, ...]):
+    """A TupleData holding UNCHANGED_TOAST or BinaryValue columns.
+
+    A plain `tuple` holds only bytes and None; the row decoder checks the type
+    (one comparison) instead of scanning every column for the rare kinds.
+    """
+
+    __slots__ = ()
+
+
 def pg_timestamp(micros: int) -> datetime:
     """A pgoutput timestamp (µs since 2000-01-01 UTC) as an aware UTC datetime."""
     try:
@@ -247,10 +257,11 @@ def _tuple(buf: bytes, pos: int) -> tuple[TupleData, int]:
     values: list[ColumnValue] = []
     append = values.append
     unpack_len = _I32.unpack_from
+    mixed = False
     for _ in range(ncols):
         kind = buf[pos]
         if kind == 0x74:  # 't': text
-            (length,) = unpack_len(buf, pos + 1)
+            length = unpack_len(buf, pos + 1)[0]
             start = pos + 5
             pos = start + length
             if length < 0 or pos > size:
@@ -262,7 +273,9 @@ def _tuple(buf: bytes, pos: int) -> tuple[TupleData, int]:
         elif kind == 0x75:  # 'u': unchanged TOAST
             pos += 1
             append(UNCHANGED_TOAST)
+            mixed = True
         elif kind == 0x62:  # 'b': binary
+            mixed = True
             (length,) = unpack_len(buf, pos + 1)
             start = pos + 5
             pos = start + length
@@ -271,7 +284,7 @@ def _tuple(buf: bytes, pos: int) -> tuple[TupleData, int]:
             append(BinaryValue(buf[start:pos]))
         else:
             raise DecodeError(f"expected a column kind n/u/t/b at byte {pos}, found {kind:#04x}")
-    return tuple(values), pos
+    return (MixedTupleData(values) if mixed else tuple(values)), pos
 
 
 class _Reader:

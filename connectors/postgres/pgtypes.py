@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import json.scanner
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -172,6 +173,8 @@ def _timestamp(v: bytes) -> str:
 
 def _timestamptz(v: bytes) -> str:
     s = v.decode()
+    if s[-3] in "+-" and s[10] == " ":  # the common case: 'YYYY-MM-DD HH:MM:SS[.f]+00'
+        return f"{s[:10]}T{s[11:]}:00"
     if s.endswith("infinity"):
         return s
     bc = s.endswith(" BC")
@@ -238,9 +241,22 @@ def _postgres_interval_to_iso(s: str) -> str | None:
     return "".join(out) if len(out) > 1 else "PT0S"
 
 
+# The C scanner directly: json.loads spends more time checking its arguments and
+# sniffing the encoding than parsing a small document.
+_JSON_DECODER: Final = json.JSONDecoder()
+_json_scan: Final = json.scanner.make_scanner(_JSON_DECODER)  # type: ignore[arg-type]
+
+
 def _json(v: bytes) -> Any:
+    s = v.decode()
     try:
-        return json.loads(v)
+        value, end = _json_scan(s, 0)
+        if end == len(s):
+            return value
+    except (StopIteration, ValueError):
+        pass
+    try:  # leading/trailing whitespace (json keeps its input verbatim) or an error
+        return _JSON_DECODER.decode(s)
     except ValueError as exc:
         raise DecodeError(f"expected JSON text, found {v[:40]!r}") from exc
 

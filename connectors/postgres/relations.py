@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Final
 
 from agent.errors import DecodeError
-from agent.events import ChangeEvent, Column, Row, TableSchema
+from agent.events import ChangeEvent, Column, Op, Row, TableSchema
 from connectors.postgres.pgoutput import (
     REPLICA_IDENTITY_FULL,
     UNCHANGED_TOAST,
@@ -152,9 +152,14 @@ def decode_row(rv: RelationVersion, values: TupleData) -> tuple[Row, list[str] |
         raise DecodeError(
             f"expected {len(names)} columns for {rv.schema.qualified}, found {len(values)}"
         )
-    row: Row = {}
-    unchanged: list[str] | None = None
     try:
+        if type(values) is tuple:  # only bytes and None (see MixedTupleData)
+            return {
+                name: None if raw is None else conv(raw)  # type: ignore[arg-type]
+                for name, conv, raw in zip(names, rv.converters, values, strict=True)
+            }, None
+        row: Row = {}
+        unchanged: list[str] | None = None
         for name, conv, raw in zip(names, rv.converters, values, strict=True):
             if type(raw) is bytes:
                 row[name] = conv(raw)
@@ -168,11 +173,48 @@ def decode_row(rv: RelationVersion, values: TupleData) -> tuple[Row, list[str] |
                 raise DecodeError(
                     f"expected text column values in {rv.schema.qualified}.{name}, found binary"
                 )
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, IndexError, UnicodeDecodeError) as exc:
         raise DecodeError(
             f"expected a valid value for a column of {rv.schema.qualified}: {exc}"
         ) from exc
     return row, unchanged
+
+
+def _event_factory() -> Callable[..., ChangeEvent]:
+    """ChangeEvent's generated __init__ sets each field through object.__setattr__
+    (frozen), about 1 µs per event on the hot path; writing the slots directly
+    builds an equal object. Falls back to the constructor if the class changes."""
+    names = tuple(f.name for f in fields(ChangeEvent))
+    expected = (
+        "op", "schema", "table", "seq", "key", "before", "after", "schema_version", "unchanged",
+    )  # fmt: skip
+    if names != expected or hasattr(ChangeEvent, "__post_init__"):
+        return ChangeEvent
+    s_op, s_schema, s_table, s_seq, s_key, s_before, s_after, s_version, s_unchanged = (
+        getattr(ChangeEvent, name).__set__ for name in names
+    )
+    new = object.__new__
+
+    def make(
+        op: Op, schema: str, table: str, seq: int, key: Row | None, before: Row | None,
+        after: Row | None, version: int, unchanged: tuple[str, ...],
+    ) -> ChangeEvent:  # fmt: skip
+        event: ChangeEvent = new(ChangeEvent)
+        s_op(event, op)
+        s_schema(event, schema)
+        s_table(event, table)
+        s_seq(event, seq)
+        s_key(event, key)
+        s_before(event, before)
+        s_after(event, after)
+        s_version(event, version)
+        s_unchanged(event, unchanged)
+        return event
+
+    return make
+
+
+_new_event: Final = _event_factory()
 
 
 def _pick(row: Row, names: tuple[str, ...]) -> Row:
@@ -192,7 +234,7 @@ class EventBuilder:
         after, unchanged = decode_row(rv, msg.new)
         s = rv.schema
         key = {n: after[n] for n in rv.key_names}
-        return ChangeEvent(
+        return _new_event(
             "c", s.schema, s.table, seq, key, None, after, s.version, tuple(unchanged or ())
         )
 
@@ -211,7 +253,7 @@ class EventBuilder:
             for name in unchanged:
                 after[name] = before[name]
             unchanged = None
-        return ChangeEvent(
+        return _new_event(
             "u", s.schema, s.table, seq, _pick(after, rv.key_names) or _pick(before, rv.key_names),
             before, after, s.version, tuple(unchanged or ()),
         )  # fmt: skip
@@ -222,7 +264,7 @@ class EventBuilder:
         s = rv.schema
         key = _pick(old, rv.key_names)
         before = old if msg.old_kind == "O" else key
-        return ChangeEvent("d", s.schema, s.table, seq, key, before, None, s.version)
+        return _new_event("d", s.schema, s.table, seq, key, before, None, s.version, ())
 
     def truncate(self, msg: Truncate, seq: int) -> list[ChangeEvent]:
         """One `t` event per truncated relation, numbered from `seq`."""
