@@ -115,8 +115,10 @@ class TopicAdmin:
             if not existing:
                 return {}
             described = self._admin.describe_topics(sorted(existing))
+            # "all": tansu reports the configs we set as defaults, so "modified" is empty.
             configs = self._admin.describe_configs(
-                [ConfigResource(ConfigResourceType.TOPIC, n) for n in sorted(existing)]
+                [ConfigResource(ConfigResourceType.TOPIC, n) for n in sorted(existing)],
+                config_filter="all",
             )
         except Exception as exc:
             raise kafka_error(self.settings, "describing topics", exc) from None
@@ -194,6 +196,12 @@ class TopicAdmin:
         if policy is not None and want not in policy.split(","):
             raise ServiceError(
                 f"Kafka topic {spec.name} exists with cleanup.policy={policy}, expected {want}"
+            )
+        isr = state.configs.get("min.insync.replicas")
+        if isr is not None and isr.isdigit() and int(isr) < self.settings.min_insync_replicas:
+            raise ServiceError(
+                f"Kafka topic {spec.name} exists with min.insync.replicas={isr}, "
+                f"expected at least {self.settings.min_insync_replicas}"
             )
         if state.partitions != self.settings.partitions:
             # Changing the partition count would move keys and break per-key order.

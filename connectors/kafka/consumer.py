@@ -16,6 +16,8 @@ from agent.errors import ServiceError
 from agent.settings import KafkaSettings
 from connectors.kafka.client_config import connection_kwargs, kafka_error
 
+_MAX_TAIL_POLLS = 20
+
 
 @dataclass(frozen=True, slots=True)
 class ConsumedRecord:
@@ -35,7 +37,8 @@ def read_topics(
     idle_timeout: float = 30.0,
     client_id: str = "changevault-reader",
 ) -> Iterator[ConsumedRecord]:
-    """Every record of `topics` up to the current end; per partition in offset order."""
+    """Every record of `topics` up to (at least) the current end, per partition in offset
+    order. Records produced meanwhile may be included; none before the end is missed."""
     from kafka import KafkaConsumer, TopicPartition
 
     try:
@@ -45,6 +48,7 @@ def read_topics(
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
+            max_poll_records=10_000,
         )
     except Exception as exc:
         raise kafka_error(settings, "connecting the reader", exc) from None
@@ -61,15 +65,16 @@ def read_topics(
         consumer.seek_to_beginning(*assigned)
         ends: dict[Any, int] = consumer.end_offsets(assigned)
         pending = {tp for tp in assigned if consumer.position(tp) < ends[tp]}
+        tail_polls: dict[Any, int] = {}
         last_progress = time.monotonic()
         while pending:
             batches = consumer.poll(timeout_ms=500)
             if batches:
                 last_progress = time.monotonic()
             for tp, records in batches.items():
+                if tp not in pending:
+                    continue
                 for rec in records:
-                    if tp not in pending or rec.offset >= ends[tp]:
-                        continue
                     yield ConsumedRecord(
                         topic=rec.topic,
                         partition=rec.partition,
@@ -79,8 +84,16 @@ def read_topics(
                         headers=list(rec.headers or []),
                         timestamp_ms=rec.timestamp,
                     )
-            # Compaction and transaction markers leave offset gaps: compare positions.
-            pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
+            # Past the end offset, keep draining while polls still return records
+            # (bounded): tansu 0.6 reports the end of a multi-record batch as its
+            # base offset + 1, so the rest of that batch lies "past the end".
+            # Offsets are compared by position: compaction leaves gaps.
+            for tp in list(pending):
+                if consumer.position(tp) < ends[tp]:
+                    continue
+                tail_polls[tp] = tail_polls.get(tp, 0) + 1
+                if not batches.get(tp) or tail_polls[tp] > _MAX_TAIL_POLLS:
+                    pending.discard(tp)
             if pending and time.monotonic() - last_progress > idle_timeout:
                 raise ServiceError(
                     f"Kafka at {','.join(settings.bootstrap_servers)}: no records for "
