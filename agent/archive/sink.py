@@ -144,9 +144,7 @@ class ArchiveSink:
         key = self.writer.object_key("segments", ".seg")
         archive_id = self.writer.archive_id
         data_key = self.data_keys.current()
-        blob = seal_object(
-            data_key, archive_id, key, {"kind": "segment"}, [seg.builder.finish()]
-        )
+        blob = seal_object(data_key, archive_id, key, {"kind": "segment"}, [seg.builder.finish()])
         index_key = key[: -len(".seg")] + ".idx"
         index_blob = seal_object(
             data_key, archive_id, index_key, {"kind": "index"}, [b"".join(sorted(seg.index))]

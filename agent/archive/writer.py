@@ -7,7 +7,6 @@ entries catch a second writer even if the lease were ignored.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import uuid
@@ -58,7 +57,6 @@ class ArchiveWriter:
     def __post_init__(self) -> None:
         self.lease = ArchiveLease(self.store, LEASE_NAME, self.agent_id, self.lease_ttl)
         self.catalog: CatalogWriter | None = None
-        self._hint = self.state_dir / "archive-tail.json"
 
     @property
     def archive_id(self) -> str:
@@ -97,12 +95,7 @@ class ArchiveWriter:
 
     def append(self, kind: str, body: dict[str, Any], horizon: str | None = None) -> CatalogEntry:
         assert self.catalog is not None
-        entry = self.catalog.append(kind, body, now_iso(), horizon)
-        write_atomically(
-            self._hint,
-            json.dumps({"archive_id": entry.archive_id, "seq": entry.seq}).encode(),
-        )
-        return entry
+        return self.catalog.append(kind, body, now_iso(), horizon)
 
     def object_key(self, kind: str, suffix: str) -> str:
         now = datetime.now(UTC)
