@@ -47,6 +47,13 @@ _DML = re.compile(r"^\s*(?:/\*.*?\*/\s*)*(insert|update|delete|replace|load\s+da
 _HEARTBEAT_EVERY = 1.0
 
 
+class UncapturableChange(ServiceError):
+    """A change to a captured table the binlog does not carry row by row (exit 3).
+
+    Retrying cannot help, so the source stops instead of reconnecting.
+    """
+
+
 @dataclass(slots=True)
 class SourceCounters:
     """Counts the source exposes for metrics (wired in by the metrics module)."""
@@ -234,7 +241,7 @@ class BinlogReader:
                     last_heartbeat = time.monotonic()
             elif (h_type in ev.MARIADB_COMPRESSED_ROWS or h_type == ev.PARTIAL_UPDATE_ROWS) and (
                     tx is not None and tables.get(parse_table_id(body)) is not None):
-                raise ServiceError(
+                raise UncapturableChange(
                     f"expected plain row events, found event type {h_type} "
                     f"(log_bin_compress / partial JSON updates) at {file}:{h_logpos}")
 
@@ -298,7 +305,7 @@ class BinlogReader:
             return
         if _DML.match(q.sql) and self._mentions_captured(q):
             self.counters.statement_dml_rejected += 1
-            raise ServiceError(
+            raise UncapturableChange(
                 f"expected row-format changes for captured tables, found a statement-format "
                 f"DML event after {position.text} (a session set binlog_format=STATEMENT/MIXED): "
                 f"{q.sql[:120]!r}")
