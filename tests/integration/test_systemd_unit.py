@@ -16,6 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+
+from agent.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "config" / "changevault.service"
@@ -117,3 +120,13 @@ def test_unit_has_the_required_settings() -> None:
     assert one("CapabilityBoundingSet") == ""
     assert one("RestrictAddressFamilies").split() == ["AF_UNIX", "AF_INET", "AF_INET6"]
     assert "@system-service" in d["SystemCallFilter"]
+
+
+def test_the_example_configuration_is_valid() -> None:
+    """The unit starts with /etc/changevault/changevault.yaml, installed from
+    config/changevault.example.yaml: every key of it must validate."""
+    doc = yaml.safe_load((ROOT / "config" / "changevault.example.yaml").read_text())
+    settings = Settings.model_validate(doc)
+    assert str(settings.state_dir).startswith("/var/lib/changevault/")
+    assert settings.encryption.private_key_file is None
+    assert set(doc) == set(Settings.model_fields) - {"origin"}, "example misses a section"
