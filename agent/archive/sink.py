@@ -73,11 +73,11 @@ class ArchiveSink:
         self._seg: _Open | None = None
         self._last_complete: Position | None = resume_after
         self._on_segment = on_segment
-        self._last_renew = time.monotonic()
 
     def open(self, ack: Callable[[int], None]) -> None:
+        # The writer (lease, catalog tail) is opened by the app before the
+        # initial snapshot; the sink only starts appending to it.
         self._ack = ack
-        self.writer.open()
 
     def _segment(self) -> _Open:
         if self._seg is None:
@@ -124,9 +124,7 @@ class ArchiveSink:
 
     def tick(self) -> None:
         now = time.monotonic()
-        if now - self._last_renew >= self.writer.lease_ttl / 3:
-            self.writer.renew_lease()
-            self._last_renew = now
+        self.writer.maybe_renew_lease()
         if self._seg is not None and now - self._seg.opened >= self.max_age:
             self._close_segment()
 
@@ -135,7 +133,7 @@ class ArchiveSink:
             self._close_segment()
 
     def close(self) -> None:
-        self.writer.close()
+        pass  # the writer (and its lease) belongs to the app
 
     def _close_segment(self) -> None:
         seg, self._seg = self._seg, None

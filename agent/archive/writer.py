@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,12 +53,14 @@ class ArchiveWriter:
     own_verify: VerifyKey
     source_id: str
     agent_id: str
-    state_dir: Path
     lease_ttl: float = 60.0
 
     def __post_init__(self) -> None:
         self.lease = ArchiveLease(self.store, LEASE_NAME, self.agent_id, self.lease_ttl)
         self.catalog: CatalogWriter | None = None
+        # The archive sink and a scheduled snapshot append from two threads.
+        self._lock = threading.Lock()
+        self._renewed = 0.0
 
     @property
     def archive_id(self) -> str:
@@ -66,6 +70,7 @@ class ArchiveWriter:
     def open(self) -> None:
         """Take the lease, then find (or create) the catalog tail."""
         self.lease.acquire()
+        self._renewed = time.monotonic()
         tail = self._find_tail()
         if tail is None:
             archive_id = str(uuid.uuid4())
@@ -95,14 +100,20 @@ class ArchiveWriter:
 
     def append(self, kind: str, body: dict[str, Any], horizon: str | None = None) -> CatalogEntry:
         assert self.catalog is not None
-        return self.catalog.append(kind, body, now_iso(), horizon)
+        with self._lock:
+            self.lease.ensure_valid()
+            return self.catalog.append(kind, body, now_iso(), horizon)
 
     def object_key(self, kind: str, suffix: str) -> str:
         now = datetime.now(UTC)
         return f"{kind}/{now:%Y/%m/%d}/{now:%H%M%S%f}-{secrets.token_hex(6)}{suffix}"
 
-    def renew_lease(self) -> None:
-        self.lease.renew()
+    def maybe_renew_lease(self) -> None:
+        """Renew once a third of the lease time has passed (cheap to call often)."""
+        with self._lock:
+            if time.monotonic() - self._renewed >= self.lease_ttl / 3:
+                self.lease.renew()
+                self._renewed = time.monotonic()
 
     def close(self) -> None:
         self.lease.release()

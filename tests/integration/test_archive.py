@@ -58,7 +58,8 @@ def pos(n: int) -> Position:
 
 def write_archive(store: ObjectStore, keys: dict[str, Path], state: Path, txs: int, rows: int, max_bytes: int = 4096) -> list[str]:
     signer = load_signing_key(keys["signing.key"])
-    writer = ArchiveWriter(store, signer, verify_key_of(signer), "postgres:shop:changevault", "agent-1", state)
+    writer = ArchiveWriter(store, signer, verify_key_of(signer), "postgres:shop:changevault", "agent-1")
+    writer.open()
     dk = DataKeyManager([load_recipient_public(keys["archive.pub"])], signer, "agent-1")
     sink = ArchiveSink(writer, dk, KeyHasher(load_keyhash_key(keys["keyhash.key"])),
                        {"public.orders": ["customer_id"]}, max_bytes, 3600, None)
@@ -78,6 +79,7 @@ def write_archive(store: ObjectStore, keys: dict[str, Path], state: Path, txs: i
         sink.accept(TxEnd(i, pos(i * 100), ts, {"public.orders": rows}))
     sink.flush(10)
     sink.close()
+    writer.close()
     assert acked[-1] == txs
     return ids
 
@@ -178,9 +180,9 @@ def test_untrusted_signer_is_refused(store: ObjectStore, keys: dict[str, Path], 
 
 def test_a_second_writer_is_refused_by_the_lease(store: ObjectStore, keys: dict[str, Path], tmp_path: Path) -> None:
     signer = load_signing_key(keys["signing.key"])
-    first = ArchiveWriter(store, signer, verify_key_of(signer), "postgres:shop:cv", "agent-1", tmp_path / "a")
+    first = ArchiveWriter(store, signer, verify_key_of(signer), "postgres:shop:cv", "agent-1")
     first.open()
-    second = ArchiveWriter(store, signer, verify_key_of(signer), "postgres:shop:cv", "agent-2", tmp_path / "b")
+    second = ArchiveWriter(store, signer, verify_key_of(signer), "postgres:shop:cv", "agent-2")
     from agent.errors import ServiceError
 
     with pytest.raises(ServiceError, match="leased to"):
