@@ -37,8 +37,11 @@ from agent.crypto.keyfiles import (
     RecipientPublicKey,
     SigningKey,
     VerifyKey,
+    load_recipient_public,
+    load_signing_key,
 )
-from agent.errors import IntegrityError, UsageError
+from agent.errors import ConfigError, IntegrityError, UsageError
+from agent.settings import EncryptionSettings
 
 ANNOUNCEMENT_MAGIC = b"CVDK"
 ANNOUNCEMENT_VERSION = 1
@@ -227,6 +230,28 @@ class DataKeyManager:
         self._lock = threading.Lock()
         self._current = self._draw()
         self._used = 0
+
+    @classmethod
+    def from_settings(
+        cls,
+        encryption: EncryptionSettings,
+        agent_id: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> DataKeyManager:
+        """Load `recipients` and `signing_key_file` and apply the rotation limits."""
+        if encryption.signing_key_file is None:
+            raise ConfigError("encryption.signing_key_file: required key is missing")
+        return cls(
+            [load_recipient_public(p) for p in encryption.recipients],
+            load_signing_key(encryption.signing_key_file),
+            agent_id,
+            max_age=encryption.data_key_max_age,
+            max_messages=encryption.data_key_max_messages,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
 
     def _draw(self) -> DataKey:
         return new_data_key(

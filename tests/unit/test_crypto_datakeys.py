@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -21,9 +22,13 @@ from agent.crypto.keyfiles import (
     RecipientPublicKey,
     SigningKey,
     VerifyKey,
+    generate_key_files,
     key_id_of,
+    load_recipient_private,
+    load_verify_keys,
 )
-from agent.errors import IntegrityError, UsageError
+from agent.errors import ConfigError, IntegrityError, UsageError
+from agent.settings import EncryptionSettings
 
 
 def raw(pub: object) -> bytes:
@@ -237,3 +242,28 @@ def test_manager_refuses_no_recipients() -> None:
     sk, _ = signer()
     with pytest.raises(UsageError, match="recipients"):
         DataKeyManager([], sk, "a")
+
+
+def test_from_settings_loads_keys_and_limits(tmp_path: Path) -> None:
+    generate_key_files(tmp_path)
+    enc = EncryptionSettings(
+        recipients=[tmp_path / "archive.pub"],
+        signing_key_file=tmp_path / "signing.key",
+        data_key_max_messages=2,
+        data_key_max_age=timedelta(minutes=5),
+    )
+    clock = FakeClock()
+    m = DataKeyManager.from_settings(enc, "agent-9", clock=clock)
+    first = m.next_message()[0]
+    m.next_message()
+    assert m.next_message()[0].key_id != first.key_id  # count limit applied
+    before = m.current().key_id
+    clock.now += 300
+    assert m.current().key_id != before  # age limit applied
+    opener = DataKeyOpener(
+        [load_recipient_private(tmp_path / "archive.key")],
+        load_verify_keys([tmp_path / "signing.pub"]),
+    )
+    assert opener.unwrap(m.current().announcement)[0].agent_id == "agent-9"
+    with pytest.raises(ConfigError, match="signing_key_file"):
+        DataKeyManager.from_settings(enc.model_copy(update={"signing_key_file": None}), "a")
