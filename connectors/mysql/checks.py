@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pymysql
 
@@ -20,7 +20,8 @@ from connectors.mysql.binlog_reader import state_of
 from connectors.mysql.connection import query_one, variable
 from connectors.mysql.gtid import MariaDBGtid, MariaDBGtidList
 
-Conn = pymysql.connections.Connection[Any]
+if TYPE_CHECKING:
+    Conn = pymysql.connections.Connection[Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pymysql
 
@@ -29,7 +29,8 @@ from connectors.mysql.snapshot import MySQLSnapshot
 
 log = logging.getLogger(__name__)
 
-Conn = pymysql.connections.Connection[Any]
+if TYPE_CHECKING:
+    Conn = pymysql.connections.Connection[Any]
 _POSITION_LOST = 1236  # ER_MASTER_FATAL_ERROR_READING_BINLOG: purged / unknown position
 
 
