@@ -277,7 +277,7 @@ def parse_array(text: bytes, element: Converter) -> list[Any]:
             if not inner:
                 return []
             return [None if p == b"NULL" else element(p) for p in inner.split(b",")]
-        result, pos = _array_level(text, pos, element)
+        result, pos = _array_level(text, pos, element, 0)
     except (IndexError, ValueError) as exc:
         raise DecodeError(f"expected an array literal, found {text[:40]!r}") from exc
     if pos != len(text):
@@ -285,7 +285,12 @@ def parse_array(text: bytes, element: Converter) -> list[Any]:
     return result
 
 
-def _array_level(text: bytes, pos: int, element: Converter) -> tuple[list[Any], int]:
+_MAX_ARRAY_DIMS: Final = 6  # PostgreSQL's MAXDIM
+
+
+def _array_level(text: bytes, pos: int, element: Converter, depth: int) -> tuple[list[Any], int]:
+    if depth >= _MAX_ARRAY_DIMS:
+        raise DecodeError(f"expected at most {_MAX_ARRAY_DIMS} array dimensions, found more")
     if text[pos] != 0x7B:  # '{'
         raise DecodeError(f"expected '{{' in an array literal, found {text[pos : pos + 20]!r}")
     pos += 1
@@ -295,7 +300,7 @@ def _array_level(text: bytes, pos: int, element: Converter) -> tuple[list[Any], 
     while True:
         c = text[pos]
         if c == 0x7B:
-            sub, pos = _array_level(text, pos, element)
+            sub, pos = _array_level(text, pos, element, depth + 1)
             items.append(sub)
         elif c == 0x22:  # '"': quoted, backslash escapes
             pos += 1
