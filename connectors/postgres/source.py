@@ -223,9 +223,7 @@ class PostgresSource:
         slot = self._source.slot
         if resume_from is not None:
             with self._control_lock:
-                slots.require_resumable_slot(
-                    self._control(), slot, self.database, resume_from.text
-                )
+                slots.require_resumable_slot(self._control(), slot, self.database, resume_from.text)
             lsn = resume_lsn(resume_from)
             self._start_lsn = self._flush_lsn = self._confirmed_end = lsn
             self._yielded_end = lsn
@@ -253,9 +251,7 @@ class PostgresSource:
         return reader
 
     def take_snapshot(self) -> PgSnapshotReader:
-        return open_scheduled_snapshot(
-            self._dsn, self._params, self._tables, self.convert_text_row
-        )
+        return open_scheduled_snapshot(self._dsn, self._params, self._tables, self.convert_text_row)
 
     @property
     def tables(self) -> list[slots.TableRef]:

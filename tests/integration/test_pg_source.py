@@ -165,7 +165,10 @@ def test_snapshot_then_stream_with_table_definitions(
         orders = schemas["public.orders"]
         (fk,) = orders.foreign_keys
         assert (fk.columns, fk.ref_table, fk.ref_columns, fk.on_delete) == (
-            ("customer_id",), "customers", ("id",), "CASCADE"
+            ("customer_id",),
+            "customers",
+            ("id",),
+            "CASCADE",
         )
         assert ("customer_id",) in [i.columns for i in orders.indexes]
         rows = snapshot_rows(source, reader)
