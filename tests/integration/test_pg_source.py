@@ -523,3 +523,37 @@ def test_dropped_slot_is_position_lost(
             drain(source, lambda c: False, stream=stream, timeout=30)
     finally:
         source.close()
+
+
+def test_scheduled_snapshot_while_streaming(
+    pg_server: PostgresServer, pg_database: Any, state_dir: Path
+) -> None:
+    """A temporary slot's consistent point splits the stream exactly."""
+    db = pg_database.name
+    pg_server.execute("CREATE TABLE t (id int PRIMARY KEY)", db)
+    settings = make_settings(pg_database.dsn, state_dir)
+    source = PostgresSource(settings, state_dir)
+    try:
+        reader = source.start(None)
+        assert reader is not None
+        reader.close()
+        stream = source.stream()
+        for i in range(1, 21):
+            pg_server.execute(f"INSERT INTO t VALUES ({i})", db)
+        got = drain(source, lambda c: len(c.events) >= 20, stream=stream)
+        snap = source.take_snapshot()
+        for i in range(21, 31):
+            pg_server.execute(f"INSERT INTO t VALUES ({i})", db)
+        assert snap.held_xmin is not None
+        rows = {r["id"] for r in snapshot_rows(source, snap)["public.t"]}
+        assert snap.duration_seconds >= 0
+        drain(source, lambda c: len(c.events) >= 30, captured=got, stream=stream)
+        cut = snap.position.sort_key
+        before = {e.key["id"] for p, _x, evs in got.transactions for e in evs if p.sort_key < cut}  # type: ignore[index]
+        assert rows == before == set(range(1, 21))
+        # The temporary slot is gone as soon as the snapshot was imported.
+        assert pg_server.execute(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = %s", params=(db,)
+        ) == [(1,)]
+    finally:
+        source.close()
