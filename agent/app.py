@@ -1,0 +1,364 @@
+"""Composition root: builds everything from settings and owns its lifecycle.
+
+`run` is crash-only at its core: every failure of a source or sink ends the
+current pipeline; the loop here backs off and builds a fresh one from the
+durable checkpoint. Only errors a retry cannot fix (bad configuration, the
+source lost our position, another agent holds the archive) end the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from agent.archive import catalog
+from agent.archive.access import open_store, verify_key_of
+from agent.archive.sink import ArchiveSink
+from agent.archive.snapshot import SnapshotWriter
+from agent.archive.writer import ArchiveWriter, agent_identity
+from agent.checkpoint import Checkpoint, CheckpointStore, Durable, now_utc
+from agent.crypto.datakeys import DataKeyManager
+from agent.crypto.keyfiles import load_keyhash_key, load_recipient_public, load_signing_key
+from agent.crypto.keyhash import KeyHasher
+from agent.envelope import EnvelopeEncoder
+from agent.errors import ChangevaultError, PositionLostError, ServiceError, UsageError
+from agent.http import HealthServer, ProgressWatch, Verdict
+from agent.logs import configure_logging
+from agent.metrics import Metrics
+from agent.pipeline import Pipeline
+from agent.retry import Backoff
+from agent.sdnotify import SystemdNotifier
+from agent.settings import Settings, load_settings
+from connectors.base import CheckResult, Sink, SnapshotReader, Source
+from connectors.storage.lease import LeaseHeld, LeaseLost
+
+log = logging.getLogger(__name__)
+
+
+def build_source(settings: Settings) -> Source:
+    """The source connector named by `source.type`, imported only when used."""
+    if settings.source.type == "postgres":
+        from connectors.postgres.source import PostgresSource
+
+        return PostgresSource(settings, settings.state_dir)
+    from connectors.mysql.source import MySQLSource
+
+    return MySQLSource(settings, settings.state_dir)
+
+
+def source_id(settings: Settings) -> str:
+    s = settings.source
+    anchor = s.slot if s.type == "postgres" else str(s.server_id)
+    return f"{s.type}:{s.database}:{anchor}"
+
+
+class _MetricsObserver:
+    """PipelineObserver that feeds the Prometheus metrics."""
+
+    def __init__(self, metrics: Metrics, sink_names: list[str]) -> None:
+        self.metrics = metrics
+        self.sink_names = sink_names
+
+    def transaction_done(self, counts: dict[tuple[str, str], int]) -> None:
+        for (table, op), n in counts.items():
+            self.metrics.count_event(table, op, n)
+        self.metrics.count_transaction()
+
+    def sink_state(self, sink: str, up: bool) -> None:
+        pass  # sink_up is read live from App.sink_up
+
+    def sink_error(self, sink: str) -> None:
+        self.metrics.count_sink_error(sink)
+
+    def durable(self, d: Durable, latencies: list[float]) -> None:
+        for sink in self.sink_names:
+            for seconds in latencies:
+                self.metrics.observe_sink_latency(sink, seconds)
+
+
+class App:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop = threading.Event()
+        enc = settings.encryption
+        if enc.signing_key_file is None:
+            raise UsageError(f"{settings.origin}: encryption.signing_key_file is required for run")
+        if enc.keyhash_key_file is None:
+            raise UsageError(f"{settings.origin}: encryption.keyhash_key_file is required for run")
+        self.signer = load_signing_key(enc.signing_key_file)
+        self.recipients = [load_recipient_public(p) for p in enc.recipients]
+        self.hasher = KeyHasher(load_keyhash_key(enc.keyhash_key_file))
+        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.agent_id = agent_identity(settings.state_dir)
+        self.source_id = source_id(settings)
+        self.checkpoints = CheckpointStore(settings.state_dir)
+        self.metrics = Metrics(captured_tables=settings.source.tables)
+        self.metrics.set_retention(settings.retention.total_seconds())
+        self.progress = ProgressWatch(stall_after=120.0)
+        self.notifier = SystemdNotifier()
+        self.data_keys = DataKeyManager(
+            self.recipients,
+            self.signer,
+            self.agent_id,
+            max_age=enc.data_key_max_age,
+            max_messages=enc.data_key_max_messages,
+        )
+        self.encoder = EnvelopeEncoder(settings.source.type, settings.source.database)
+        self.store = open_store(settings)
+        self.writer = ArchiveWriter(
+            self.store, self.signer, verify_key_of(self.signer), self.source_id, self.agent_id
+        )
+        self.pipeline: Pipeline | None = None
+        self.source: Source | None = None
+        self._sinks_up: dict[str, bool] = {}
+        self._checkpoint_ts: float | None = None
+        self._last_snapshot_ts: float | None = None
+        self.position_lost = False
+
+    # ------------------------------------------------------------ metrics
+
+    def _bind_metrics(self) -> None:
+        m = self.metrics
+        m.bind_up(lambda: not self.stop.is_set())
+        m.bind_lag(self._lag)
+        m.bind_behind_bytes(self._behind_bytes)
+        m.bind_checkpoint_timestamp(lambda: self._checkpoint_ts)
+        m.bind_last_snapshot_timestamp(lambda: self._last_snapshot_ts)
+        m.bind_position_lost(lambda: self.position_lost)
+        for name in self._sink_names():
+            m.bind_sink_up(name, self._sink_up_fn(name))
+
+    def _sink_up_fn(self, name: str) -> Callable[[], bool]:
+        return lambda: self._sinks_up.get(name, False)
+
+    def _lag(self) -> float:
+        p = self.pipeline
+        return 0.0 if p is None else p.lag_seconds(datetime.now(UTC))
+
+    def _behind_bytes(self) -> float | None:
+        src = self.source
+        if src is None:
+            return None
+        value = src.behind_bytes()
+        return None if value is None else float(value)
+
+    def _sink_names(self) -> list[str]:
+        return ["archive"] + (["kafka"] if self.settings.kafka is not None else [])
+
+    # ---------------------------------------------------------------- run
+
+    def run(self) -> int:
+        self._install_signals()
+        self._bind_metrics()
+        server = HealthServer(
+            self.settings.metrics_listen, self.metrics, self._liveness, self._streaming
+        )
+        server.start()
+        try:
+            self.writer.open()
+            self._last_snapshot_ts = self._newest_snapshot_time()
+            self.notifier.ready("starting capture")
+            backoff = Backoff(initial=1.0, maximum=60.0)
+            while not self.stop.is_set():
+                try:
+                    self._attempt()
+                    backoff.reset()
+                except (PositionLostError, UsageError, LeaseHeld, LeaseLost):
+                    raise
+                except ServiceError as exc:
+                    for name in self._sink_names():
+                        self._sinks_up[name] = False
+                    delay = backoff.next_delay()
+                    log.warning("capture interrupted: %s; retrying in %.1fs", exc, delay)
+                    self.metrics.count_reconnect("pipeline")
+                    self.stop.wait(delay)
+            self.notifier.stopping("stopped")
+            return 0
+        except PositionLostError:
+            self.position_lost = True
+            raise
+        finally:
+            self.stop.set()
+            if self.source is not None:
+                self.source.close()
+            self.writer.close()
+            server.stop()
+
+    def _attempt(self) -> None:
+        cp = self.checkpoints.load(self.source_id)
+        source = build_source(self.settings)
+        self.source = source
+        try:
+            snapshot = source.start(cp.position if cp else None)
+            if snapshot is not None:
+                self._initial_snapshot(snapshot)
+                cp = self.checkpoints.load(self.source_id)
+            sinks = self._build_sinks(cp)
+            pipeline = Pipeline(
+                source,
+                sinks,
+                self.encoder,
+                self._save_checkpoint,
+                self.stop,
+                observer=_MetricsObserver(self.metrics, [s.name for s in sinks]),
+            )
+            self.pipeline = pipeline
+            for s in sinks:
+                self._sinks_up[s.name] = True
+            self.notifier.status("streaming")
+            pipeline.run()
+        finally:
+            self.pipeline = None
+            self.source = None
+            source.close()
+
+    def _initial_snapshot(self, reader: SnapshotReader) -> None:
+        self.notifier.status(f"initial snapshot {reader.snapshot_id}")
+        started = time.monotonic()
+        try:
+            result = SnapshotWriter(
+                self.writer,
+                self.data_keys,
+                self.encoder,
+                self.settings.archive.segment_max_bytes,
+                self._snapshot_progress,
+            ).write(reader)
+        finally:
+            reader.close()
+        self.metrics.record_snapshot_duration(time.monotonic() - started)
+        self._last_snapshot_ts = time.time()
+        self._save_checkpoint(Durable(0, reader.position, None))
+        log.info("initial snapshot %s done: %s", result.snapshot_id, result.rows)
+
+    def _build_sinks(self, cp: Checkpoint | None) -> list[Sink]:
+        sinks: list[Sink] = [
+            ArchiveSink(
+                self.writer,
+                self.data_keys,
+                self.hasher,
+                self._link_columns(),
+                self.settings.archive.segment_max_bytes,
+                self.settings.archive.segment_max_age.total_seconds(),
+                cp.position if cp else None,
+                on_segment=self.metrics.count_archive_segment,
+            )
+        ]
+        if self.settings.kafka is not None:
+            from connectors.kafka.sink import KafkaSink
+
+            sinks.append(KafkaSink(self.settings, self.data_keys, self.hasher))
+        return sinks
+
+    def _link_columns(self) -> dict[str, list[str]]:
+        links: dict[str, list[str]] = {}
+        for link in self.settings.entity_links:
+            table, _, column = link.from_.rpartition(".")
+            links.setdefault(table, []).append(column)
+        return links
+
+    def _snapshot_progress(self) -> bool:
+        """Called between snapshot parts: a long snapshot is progress, not a hang."""
+        self.progress.beat("snapshot")
+        return self.stop.is_set()
+
+    def _save_checkpoint(self, d: Durable) -> None:
+        self.checkpoints.save(
+            Checkpoint(self.source_id, d.position, d.commit_ts, now_utc())
+        )
+        self._checkpoint_ts = time.time()
+        self.progress.beat("checkpoint")
+        if self.notifier.watchdog_interval() is not None:
+            self.notifier.watchdog()
+
+    def _newest_snapshot_time(self) -> float | None:
+        newest = None
+        trusted = {self.writer.own_verify.key_id: self.writer.own_verify}
+        for entry in catalog.read_chain(self.store, trusted):
+            if entry.kind == catalog.SNAPSHOT_END:
+                newest = datetime.fromisoformat(entry.created).timestamp()
+        return newest
+
+    def _liveness(self) -> Verdict:
+        p = self.pipeline
+        if p is not None and time.monotonic() - p.last_progress < 60:
+            self.progress.beat("pipeline")
+        return self.progress.verdict()
+
+    def _streaming(self) -> bool:
+        p = self.pipeline
+        return p is not None and p.streaming
+
+    def _install_signals(self) -> None:
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %s: finishing in-flight work", signum)
+            self.stop.set()
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_stop)
+            signal.signal(signal.SIGINT, on_stop)
+
+
+# ------------------------------------------------------------------ commands
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(Path(args.config))
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+def run_command(args: argparse.Namespace) -> int:
+    return App(_settings(args)).run()
+
+
+def check_command(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    source = build_source(settings)
+    try:
+        results = source.checks()
+    finally:
+        source.close()
+    results += _archive_checks(settings)
+    for r in results:
+        print(f"{'ok  ' if r.ok else 'FAIL'} {r.name}: {r.detail}")
+    failed = [r for r in results if not r.ok and r.fatal]
+    if failed:
+        first = failed[0]
+        raise UsageError(f"{len(failed)} check(s) failed; first: {first.name}: {first.detail}")
+    return 0
+
+
+def _archive_checks(settings: Settings) -> list[CheckResult]:
+    from connectors.storage.probe import probe_conditional_put
+
+    store = open_store(settings)
+    try:
+        probe_conditional_put(store)
+    except ChangevaultError as exc:
+        return [CheckResult("archive", False, str(exc))]
+    return [CheckResult("archive", True, f"{store.url} reachable; create-only puts honoured")]
+
+
+def teardown_command(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if not args.yes:
+        raise UsageError("teardown drops the replication slot and publication: add --yes")
+    if settings.source.type != "postgres":
+        print("nothing to tear down for a MySQL/MariaDB source (no server-side state)")
+        return 0
+    from connectors.postgres.teardown import teardown
+
+    for line in teardown(settings, settings.state_dir):
+        print(line)
+    return 0
+
+
+def snapshot_command(args: argparse.Namespace) -> int:
+    raise UsageError("snapshot: on-demand snapshots are not available in this version yet")
