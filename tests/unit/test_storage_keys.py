@@ -53,7 +53,13 @@ def test_factory_refuses(url: str) -> None:
 
 
 def test_retry_policy_retries_transient_then_gives_up() -> None:
+    from typing import Any
+
     from botocore.exceptions import ClientError, EndpointConnectionError
+
+    def client_error(code: str, status: int) -> ClientError:
+        response: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        return ClientError(response, "PutObject")
 
     sleeps: list[float] = []
     calls = 0
@@ -68,17 +74,9 @@ def test_retry_policy_retries_transient_then_gives_up() -> None:
     policy = RetryPolicy(attempts=5, base_delay=0.01, sleep=sleeps.append)
     assert policy.run(flaky) == "ok" and calls == 3 and len(sleeps) == 2
 
-    refused = ClientError(
-        {"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}},
-        "PutObject",
-    )
-    slow = ClientError(
-        {"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject"
-    )
-    precondition = ClientError(
-        {"Error": {"Code": "PreconditionFailed"}, "ResponseMetadata": {"HTTPStatusCode": 412}},
-        "PutObject",
-    )
+    refused = client_error("AccessDenied", 403)
+    slow = client_error("SlowDown", 503)
+    precondition = client_error("PreconditionFailed", 412)
     assert is_transient(slow) and not is_transient(refused) and not is_transient(precondition)
 
     def always_slow() -> None:
