@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pymysql
+import pymysql.converters
 import pymysql.cursors
 
 from agent.errors import ServiceError, UsageError
@@ -84,7 +85,11 @@ class MySQLSnapshot:
                  table_names: Callable[[pymysql.connections.Connection[Any]],
                                        list[tuple[str, str]]],
                  history: SchemaHistory) -> None:
-        kwargs = dict(conn_kwargs, conv={}, cursorclass=pymysql.cursors.SSCursor,
+        # Keep the parameter encoders, drop the result decoders: values arrive as the
+        # server's text (exact decimals, fsp digits) and are converted here.
+        encoders = {k: v for k, v in pymysql.converters.conversions.items()
+                    if not isinstance(k, int)}
+        kwargs = dict(conn_kwargs, conv=encoders, cursorclass=pymysql.cursors.SSCursor,
                       autocommit=False)
         self._conn = connect(kwargs, "the snapshot")
         self._history = history
@@ -105,12 +110,12 @@ class MySQLSnapshot:
 
     def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._conn.cursor(pymysql.cursors.Cursor) as cur:
-            cur.execute(sql, args)
+            cur.execute(sql, args or None)  # None: a literal % in LIKE is not a placeholder
             return [tuple(r) for r in cur.fetchall()] if cur.description else []
 
     def _begin_mariadb(self) -> Position:
         self._execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-        status = {_text(k): _text(v) for k, v in self._execute(
+        status = {_text(k).lower(): _text(v) for k, v in self._execute(
             "SHOW STATUS LIKE 'binlog_snapshot_%'")}
         file = status.get("binlog_snapshot_file", "")
         pos = int(status.get("binlog_snapshot_position", "0") or 0)
