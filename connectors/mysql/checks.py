@@ -41,7 +41,7 @@ def oldest_gtid_list(conn: Conn, file: str) -> MariaDBGtidList:
     with conn.cursor() as cur:
         cur.execute("SHOW BINLOG EVENTS IN %s LIMIT 4", (file,))
         for row in cur.fetchall():
-            if str(row[1]) == "Gtid_list":
+            if str(row[2]) == "Gtid_list":  # Log_name, Pos, Event_type, Server_id, ..., Info
                 found = re.findall(r"(\d+)-(\d+)-(\d+)", str(row[5]))
                 return MariaDBGtidList(tuple(sorted(
                     MariaDBGtid(int(d), int(s), int(q)) for d, s, q in found)))

@@ -10,7 +10,7 @@ import pytest
 
 from agent.errors import ServiceError
 from tests.conftest import MySQLDatabase
-from tests.integration.mysql_helpers import collect, make_source
+from tests.integration.test_mysql_helpers import collect, make_source
 from tests.servers.mariadb import MariaDBServer
 
 TYPES_DDL = """

@@ -1,4 +1,5 @@
-"""Shared helpers for the MySQL source integration tests (not a test module)."""
+"""Shared helpers for the MySQL source integration tests (no tests here; named to sit in
+the test_mysql_* paths this connector owns)."""
 
 from __future__ import annotations
 
