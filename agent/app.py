@@ -20,6 +20,7 @@ from types import FrameType
 
 from agent.archive import catalog
 from agent.archive.access import open_store, verify_key_of
+from agent.archive.reader import complete_snapshots
 from agent.archive.sink import ArchiveSink
 from agent.archive.snapshot import SnapshotWriter
 from agent.archive.writer import ArchiveWriter, agent_identity
@@ -120,6 +121,8 @@ class App:
         self._sinks_up: dict[str, bool] = {}
         self._checkpoint_ts: float | None = None
         self._last_snapshot_ts: float | None = None
+        self._oldest_restorable_ts: float | None = None
+        self._installed_ts: float | None = None
         self.position_lost = False
 
     # ------------------------------------------------------------ metrics
@@ -129,8 +132,11 @@ class App:
         m.bind_up(lambda: not self.stop.is_set())
         m.bind_lag(self._lag)
         m.bind_behind_bytes(self._behind_bytes)
-        m.bind_checkpoint_timestamp(lambda: self._checkpoint_ts)
-        m.bind_last_snapshot_timestamp(lambda: self._last_snapshot_ts)
+        # 0 rather than "no sample": the no-snapshot alert keys on the value.
+        m.bind_checkpoint_timestamp(lambda: self._checkpoint_ts or 0.0)
+        m.bind_last_snapshot_timestamp(lambda: self._last_snapshot_ts or 0.0)
+        m.bind_installed_timestamp(lambda: self._installed_ts)
+        m.bind_oldest_restorable_timestamp(lambda: self._oldest_restorable_ts or 0.0)
         m.bind_position_lost(lambda: self.position_lost)
         for name in self._sink_names():
             m.bind_sink_up(name, self._sink_up_fn(name))
@@ -163,8 +169,9 @@ class App:
         server.start()
         try:
             self.writer.open()
-            self._last_snapshot_ts = self._newest_snapshot_time()
+            self._read_archive_state()
             self.notifier.ready("starting capture")
+            threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
             backoff = Backoff(initial=1.0, maximum=60.0)
             while not self.stop.is_set():
                 try:
@@ -234,6 +241,8 @@ class App:
             reader.close()
         self.metrics.record_snapshot_duration(time.monotonic() - started)
         self._last_snapshot_ts = time.time()
+        if self._oldest_restorable_ts is None:
+            self._oldest_restorable_ts = reader.started_at.timestamp()
         self._save_checkpoint(Durable(0, reader.position, None))
         log.info("initial snapshot %s done: %s", result.snapshot_id, result.rows)
 
@@ -274,16 +283,26 @@ class App:
         )
         self._checkpoint_ts = time.time()
         self.progress.beat("checkpoint")
-        if self.notifier.watchdog_interval() is not None:
-            self.notifier.watchdog()
 
-    def _newest_snapshot_time(self) -> float | None:
-        newest = None
+    def _watchdog(self) -> None:
+        """Feed systemd's watchdog only while the pipeline makes progress."""
+        interval = self.notifier.watchdog_interval()
+        if interval is None:
+            return
+        while not self.stop.wait(interval):
+            if self._liveness().ok:
+                self.notifier.watchdog()
+
+    def _read_archive_state(self) -> None:
+        """Snapshot and install times from the catalog, for the metrics."""
         trusted = {self.writer.own_verify.key_id: self.writer.own_verify}
-        for entry in catalog.read_chain(self.store, trusted):
-            if entry.kind == catalog.SNAPSHOT_END:
-                newest = datetime.fromisoformat(entry.created).timestamp()
-        return newest
+        entries = list(catalog.read_chain(self.store, trusted))
+        if entries:
+            self._installed_ts = datetime.fromisoformat(entries[0].created).timestamp()
+        snaps = complete_snapshots(entries)
+        if snaps:
+            self._oldest_restorable_ts = datetime.fromisoformat(snaps[0].started).timestamp()
+            self._last_snapshot_ts = datetime.fromisoformat(snaps[-1].end.created).timestamp()
 
     def _liveness(self) -> Verdict:
         p = self.pipeline

@@ -25,20 +25,20 @@ Handler = Callable[[argparse.Namespace], int]
 # backend's driver only matters if that backend is used.
 HANDLERS: dict[str, str] = {
     "keys": "agent.crypto.keyfiles:keys_command",
+    "check": "agent.app:check_command",
+    "run": "agent.app:run_command",
+    "events": "agent.history:events_command",
+    "verify": "agent.archive.verify:verify_command",
+    "teardown": "agent.app:teardown_command",
 }
 
 # Subcommands registered for their options whose feature has not landed yet:
 # they refuse with exit 2 and say so, never pretend to work.
 PENDING: dict[str, str] = {
-    "check": "connection and prerequisite checks land with PostgreSQL/MySQL capture",
-    "run": "the capture daemon lands with encrypted delivery",
     "snapshot": "scheduled snapshots land with point-in-time restore",
     "restore": "point-in-time restore has not landed yet",
-    "events": "reading events back lands with encrypted delivery",
-    "verify": "archive verification lands with encrypted delivery",
     "status": "status lands with encrypted delivery",
     "expire": "retention lands with point-in-time restore",
-    "teardown": "teardown lands with PostgreSQL capture",
 }
 
 

@@ -24,6 +24,9 @@ class Position:
     `sort_key` orders positions of one source (PostgreSQL: the LSN; MySQL: the
     binlog file number and offset), and `extra` carries what a source needs to
     resume (MySQL: the GTID set and file:offset together).
+
+    A snapshot's position follows one rule for every source: a transaction is
+    in the snapshot iff its sort_key is <= the snapshot's, after it iff greater.
     """
 
     text: str

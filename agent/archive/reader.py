@@ -156,3 +156,54 @@ class ArchiveReader:
 def entry_position(entry: CatalogEntry, field_name: str) -> Position | None:
     raw = entry.body.get(field_name)
     return None if raw is None else position_from_json(raw)
+
+
+@dataclass
+class SnapshotInfo:
+    snapshot_id: str
+    position: Position
+    started: str
+    begin: CatalogEntry
+    parts: list[CatalogEntry]
+    end: CatalogEntry
+
+    @property
+    def tables(self) -> list[TableSchema]:
+        from agent.archive.records import schema_from_json
+
+        return [schema_from_json(t) for t in self.begin.body["tables"]]
+
+
+def complete_snapshots(entries: list[CatalogEntry]) -> list[SnapshotInfo]:
+    """Snapshots with begin, parts and end entries; interrupted ones are left out."""
+    begins: dict[str, CatalogEntry] = {}
+    parts: dict[str, list[CatalogEntry]] = {}
+    done: list[SnapshotInfo] = []
+    for e in entries:
+        sid = str(e.body.get("snapshot_id"))
+        if e.kind == catalog.SNAPSHOT_BEGIN:
+            begins[sid] = e
+            parts[sid] = []
+        elif e.kind == catalog.SNAPSHOT_PART and sid in parts:
+            parts[sid].append(e)
+        elif e.kind == catalog.SNAPSHOT_END and sid in begins:
+            b = begins[sid]
+            pos = position_from_json(b.body["position"])
+            done.append(SnapshotInfo(sid, pos, b.body["started"], b, parts[sid], e))
+    return done
+
+
+def snapshot_envelopes(
+    reader: ArchiveReader, snap: SnapshotInfo, tables: set[str] | None = None
+) -> Iterator[bytes]:
+    """The snapshot's `r` event envelopes, table by table, part by part."""
+    if reader.opener is None:
+        raise IntegrityError("reading a snapshot needs the private key (archive.key)")
+    for part in snap.parts:
+        if tables is not None and part.body["table"] not in tables:
+            continue
+        key = part.body["object"]
+        data = reader.fetch(key, part.body["digest"])
+        for rec in read_segment_records(data, reader.opener, reader.archive_id, key):
+            if isinstance(rec, EventRecord):
+                yield rec.envelope

@@ -106,6 +106,12 @@ class TopicAdmin:
         except Exception as exc:
             raise kafka_error(self.settings, "describing the cluster", exc) from None
 
+    def list_topics(self) -> list[str]:
+        try:
+            return sorted(self._admin.list_topics())
+        except Exception as exc:
+            raise kafka_error(self.settings, "listing topics", exc) from None
+
     def describe(self, names: Sequence[str]) -> dict[str, TopicState]:
         """State of the existing topics among `names` (missing ones are left out)."""
         from kafka.admin import ConfigResource, ConfigResourceType

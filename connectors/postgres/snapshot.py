@@ -123,7 +123,14 @@ class PgSnapshotReader:
     ) -> None:
         if slot.snapshot_name is None:
             raise ValueError("the slot was created without an exported snapshot")
-        self.position = Position(lsn_to_text(slot.consistent_point), (slot.consistent_point,))
+        # The snapshot holds every transaction committed before the consistent
+        # point P; a commit record may start exactly at P and is not in it. So
+        # sort_key is P - 1 (the archive's rule: a transaction is after a
+        # snapshot iff its sort_key is greater), and streaming resumes at P.
+        point = slot.consistent_point
+        self.position = Position(
+            lsn_to_text(point), (point - 1,), (("end_lsn", lsn_to_text(point)),)
+        )
         self.snapshot_id = f"{lsn_to_text(slot.consistent_point)}-{uuid.uuid4().hex[:8]}"
         self.started_at = datetime.now(UTC)
         self._started = time.monotonic()
