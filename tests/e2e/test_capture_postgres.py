@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests.e2e.agent_process import AgentProcess, cli, events, make_keys, wait_for, write_config
 
@@ -99,8 +98,8 @@ def test_round_trip_archive_and_kafka_in_commit_order(pg_database: Any, kafka_br
     for f in (tmp_path / "archive").rglob("*"):
         if f.is_file():
             assert MARKER.encode() not in f.read_bytes(), f
-    from connectors.kafka.consumer import read_topics
     from agent.settings import KafkaSettings
+    from connectors.kafka.consumer import read_topics
 
     ks = KafkaSettings(bootstrap_servers=[kafka_broker.bootstrap], topic_prefix=kafka_topic_prefix,
                        replication_factor=1, min_insync_replicas=1)
