@@ -95,36 +95,39 @@ def _length_prefixed(prefix: int, convert: Callable[[bytes], Any]) -> Reader:
 
 
 def _decimal(precision: int, scale: int) -> Reader:
+    """MySQL's packed decimal: groups of 9 digits in 4 bytes, sign in the top bit."""
     intg = precision - scale
     intg0, intg0x = divmod(intg, 9)
     frac0, frac0x = divmod(scale, 9)
-    size = intg0 * 4 + _DIG2BYTES[intg0x] + frac0 * 4 + _DIG2BYTES[frac0x]
+    # (bits, digits) of every group, most significant first.
+    groups = ([(8 * _DIG2BYTES[intg0x], intg0x)] if intg0x else []) + [(32, 9)] * intg0
+    fgroups = [(32, 9)] * frac0 + ([(8 * _DIG2BYTES[frac0x], frac0x)] if frac0x else [])
+    size = sum(b for b, _ in groups + fgroups) // 8
+    sign = 1 << (8 * size - 1)
+    everything = (1 << (8 * size)) - 1
+    int_specs = tuple(reversed([((1 << b) - 1, b, 10 ** d) for b, d in groups]))
+    frac_specs = tuple(reversed([((1 << b) - 1, b, 10 ** d) for b, d in fgroups]))
 
     def read(buf: bytes, pos: int) -> tuple[Any, int]:
-        raw = bytearray(buf[pos : pos + size])
-        negative = not raw[0] & 0x80
-        raw[0] ^= 0x80
+        value = int.from_bytes(buf[pos : pos + size], "big")
+        negative = not value & sign
+        value ^= sign
         if negative:
-            raw = bytearray(b ^ 0xFF for b in raw)
-        p = 0
-        parts: list[str] = []
-        if intg0x:
-            n = _DIG2BYTES[intg0x]
-            parts.append(str(int.from_bytes(raw[p : p + n], "big")))
-            p += n
-        for _ in range(intg0):
-            parts.append(f"{int.from_bytes(raw[p : p + 4], 'big'):09d}")
-            p += 4
-        integer = "".join(parts).lstrip("0") or "0"
-        frac_parts: list[str] = []
-        for _ in range(frac0):
-            frac_parts.append(f"{int.from_bytes(raw[p : p + 4], 'big'):09d}")
-            p += 4
-        if frac0x:
-            n = _DIG2BYTES[frac0x]
-            frac_parts.append(f"{int.from_bytes(raw[p : p + n], 'big'):0{frac0x}d}")
-        text = integer + ("." + "".join(frac_parts) if scale else "")
-        if negative and text.strip("0.") != "":
+            value ^= everything
+        frac = 0
+        mult = 1
+        for mask, bits, scale10 in frac_specs:
+            frac += (value & mask) * mult
+            mult *= scale10
+            value >>= bits
+        integer = 0
+        mult = 1
+        for mask, bits, scale10 in int_specs:
+            integer += (value & mask) * mult
+            mult *= scale10
+            value >>= bits
+        text = f"{integer}.{frac:0{scale}d}" if scale else str(integer)
+        if negative and (integer or frac):
             text = "-" + text
         return text, pos + size
     return read
@@ -140,12 +143,37 @@ def _frac(buf: bytes, pos: int, fsp: int) -> tuple[int, int]:
 
 
 def _datetime2(fsp: int) -> Reader:
+    n = (fsp + 1) // 2
+    size = 5 + n
+    frac_scale = 10 ** (6 - 2 * n)
+    # Per-reader memo of the formatted date (bits 17..39) and time of day (bits 0..16):
+    # formatting is the cost here, and rows of one table share few distinct days.
+    dates: dict[int, str | None] = {}
+    times: dict[int, str] = {}
+
     def read(buf: bytes, pos: int) -> tuple[Any, int]:
         v = int.from_bytes(buf[pos : pos + 5], "big") - 0x8000000000
-        micros, end = _frac(buf, pos + 5, fsp)
-        ym = v >> 22 & 0x1FFFF
-        return t.format_datetime(ym // 13, ym % 13, v >> 17 & 0x1F, v >> 12 & 0x1F, v >> 6 & 0x3F,
-                                 v & 0x3F, micros, fsp), end
+        day_bits = v >> 17
+        date = dates.get(day_bits, "")
+        if date == "":
+            ym = day_bits >> 5 & 0x1FFFF
+            date = t.format_date(ym // 13, ym % 13, day_bits & 0x1F)
+            if len(dates) > 4096:
+                dates.clear()
+            dates[day_bits] = date
+        if date is None:
+            return None, pos + size  # zero or partly-zero date
+        tod = v & 0x1FFFF
+        clock = times.get(tod)
+        if clock is None:
+            clock = f"T{tod >> 12 & 0x1F:02d}:{tod >> 6 & 0x3F:02d}:{tod & 0x3F:02d}"
+            if len(times) > 100_000:
+                times.clear()
+            times[tod] = clock
+        if n:
+            micros = int.from_bytes(buf[pos + 5 : pos + size], "big") * frac_scale
+            return date + clock + f".{micros:06d}"[: fsp + 1], pos + size
+        return date + clock, pos + size
     return read
 
 
@@ -246,7 +274,7 @@ def column_reader(col: MappedColumn, codec: str | None, is_json: bool) -> Reader
         if typ == T_FLOAT:
             return _fixed("<f", t.float32)
         if typ == T_DOUBLE:
-            return _fixed("<d", t.float_json)
+            return _fixed("<d")  # MySQL stores no NaN or infinity
         return _fixed(_INT_FORMATS[typ, unsigned])
     if typ == T_INT24:
         return _int24(unsigned)
@@ -311,7 +339,7 @@ def column_reader(col: MappedColumn, codec: str | None, is_json: bool) -> Reader
 class RowDecoder:
     """Decodes the row images of one table map."""
 
-    __slots__ = ("names", "ncols", "readers")
+    __slots__ = ("all_present", "names", "ncols", "null_bytes", "pairs", "readers")
 
     def __init__(self, table_map: TableMap, codecs: Callable[[int | None], str | None],
                  json_columns: frozenset[str]) -> None:
@@ -320,6 +348,9 @@ class RowDecoder:
         self.readers = tuple(
             column_reader(c, codecs(c.collation), c.name in json_columns) for c in table_map.columns
         )
+        self.pairs = tuple(zip(self.names, self.readers, strict=True))
+        self.all_present = (1 << self.ncols) - 1
+        self.null_bytes = (self.ncols + 7) >> 3
 
     def rows(self, buf: bytes, pos: int, end: int, present: int, present2: int | None
              ) -> Iterator[tuple[Row | None, Row]]:
@@ -335,6 +366,17 @@ class RowDecoder:
                 yield before, after
 
     def _row(self, buf: bytes, pos: int, present: int) -> tuple[Row, int]:
+        if present == self.all_present:
+            # The common case (full row image): a null bitmap of all zeros means no checks.
+            end = pos + self.null_bytes
+            if not any(buf[pos:end]):
+                row: Row = {}
+                for name, read in self.pairs:
+                    row[name], end = read(buf, end)
+                return row, end
+        return self._sparse_row(buf, pos, present)
+
+    def _sparse_row(self, buf: bytes, pos: int, present: int) -> tuple[Row, int]:
         names, readers = self.names, self.readers
         full = present == (1 << self.ncols) - 1
         count = self.ncols if full else bin(present).count("1")

@@ -52,18 +52,26 @@ def text_decoder(codec: str | None) -> Callable[[bytes], Any]:
         return b64
     if codec == "cp1252":
         return _latin1
+    if codec == "utf-8":
+        return _utf8
     def decode(raw: bytes) -> str:
         return raw.decode(codec)
     return decode
 
 
+def _utf8(raw: bytes) -> str:
+    return raw.decode("utf-8")
+
+
+# MySQL's latin1 is cp1252, except that the five bytes cp1252 leaves undefined map
+# to U+0081, U+008D, ... as in ISO 8859-1: decode as ISO 8859-1, then remap 0x80-0x9F.
+_CP1252_HIGH = {b: bytes([b]).decode("cp1252") for b in range(0x80, 0xA0)
+                if b not in (0x81, 0x8D, 0x8F, 0x90, 0x9D)}
+_LATIN1_FIX = str.maketrans({chr(b): c for b, c in _CP1252_HIGH.items()})
+
+
 def _latin1(raw: bytes) -> str:
-    # MySQL latin1 maps the five bytes cp1252 leaves undefined to U+0081 etc.
-    try:
-        return raw.decode("cp1252")
-    except UnicodeDecodeError:
-        return "".join(bytes([b]).decode("cp1252", "strict") if b not in (0x81, 0x8D, 0x8F, 0x90,
-                       0x9D) else chr(b) for b in raw)
+    return raw.decode("latin-1").translate(_LATIN1_FIX)
 
 
 def b64(raw: bytes) -> str:
