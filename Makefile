@@ -17,7 +17,7 @@ system-deps:
 	@bash .ci/system-deps
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check agent connectors tests bench
+	$(VENV)/bin/ruff check agent connectors tests bench demo
 	$(VENV)/bin/mypy
 
 test: system-deps $(STAMP) lint
@@ -27,7 +27,7 @@ unit: $(STAMP)
 	$(VENV)/bin/pytest tests/unit
 
 demo: system-deps $(STAMP)
-	$(PY) -m bench.demo
+	$(PY) -m demo.run
 
 bench: system-deps $(STAMP)
 	$(PY) -m bench.run

@@ -1,0 +1,1 @@
+"""`make demo`: capture a loyalty program, break it, restore it."""
