@@ -63,7 +63,10 @@ class NullObserver:
 
 @dataclass
 class PipelineOptions:
-    queue_items: int = 4096
+    # Items travel to the sink threads in batches (one queue operation per
+    # batch, not per event); memory is bounded by queue_batches * batch_items.
+    queue_batches: int = 64
+    batch_items: int = 256
     confirm_interval: float = 1.0  # seconds between confirmations to the source
     drain_timeout: float = 60.0
 
@@ -90,7 +93,8 @@ class _SinkWorker:
                     self.sink.flush(timeout=60.0)
                     return
                 if item is not None:
-                    self.sink.accept(item)  # type: ignore[arg-type]
+                    for one in item:  # type: ignore[attr-defined]
+                        self.sink.accept(one)
                 now = time.monotonic()
                 if item is None or now - last_tick >= 1.0:
                     self.sink.tick()
@@ -122,6 +126,7 @@ class Pipeline:
         self.observer: PipelineObserver = observer or NullObserver()
         self.options = options or PipelineOptions()
         self._next_index = first_index
+        self._batch: list[SinkItem] = []
         self._confirmed: Durable | None = None
         self._last_confirm = 0.0
         self._commit_wall: deque[tuple[int, float]] = deque()
@@ -133,7 +138,7 @@ class Pipeline:
     def run(self) -> None:
         """Stream until `stop` is set (drain, confirm, return) or a failure (raise)."""
         workers = [
-            _SinkWorker(s, self.options.queue_items, self._failed.set) for s in self.sinks
+            _SinkWorker(s, self.options.queue_batches, self._failed.set) for s in self.sinks
         ]
         for w in workers:
             w.sink.open(self._ack_for(w.sink.name))
@@ -144,6 +149,7 @@ class Pipeline:
             for item in self.source.stream():
                 self._check_workers(workers)
                 if isinstance(item, Heartbeat):
+                    self._send_batch(workers)
                     self.tracker.register(self._take_index(), item.position, None)
                 else:
                     self._feed(item, workers)
@@ -182,13 +188,22 @@ class Pipeline:
         self._commit_wall.append((idx, tx.commit_ts.timestamp()))
         self.tracker.register(idx, tx.position, tx.commit_ts)
         self._put(TxEnd(idx, tx.position, tx.commit_ts, per_table), workers)
+        self._send_batch(workers)
         self.observer.transaction_done(counts)
 
     def _put(self, item: SinkItem, workers: list[_SinkWorker]) -> None:
+        self._batch.append(item)
+        if len(self._batch) >= self.options.batch_items:
+            self._send_batch(workers)
+
+    def _send_batch(self, workers: list[_SinkWorker]) -> None:
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
         for w in workers:
             while True:
                 try:
-                    w.queue.put(item, timeout=0.5)
+                    w.queue.put(batch, timeout=0.5)
                     break
                 except queue.Full:
                     # Backpressure: wait for the sink, but notice its failure.

@@ -88,7 +88,7 @@ def run_pipeline(source: ListSource, sinks: list[RecordingSink], stop: threading
         EnvelopeEncoder("postgres", "shop"),
         saved.append,
         stop,
-        options=PipelineOptions(queue_items=int(opts.get("queue", 64)), confirm_interval=0),
+        options=PipelineOptions(queue_batches=int(opts.get("queue", 64)), batch_items=int(opts.get("batch", 256)), confirm_interval=0),
     )
     p.run()
     return p, saved
@@ -136,8 +136,16 @@ def test_backpressure_bounds_what_is_read_ahead_of_a_slow_sink() -> None:
     w = threading.Thread(target=watch, daemon=True)
     w.start()
     run_pipeline(source, [slow], threading.Event(), queue=16)
-    # items in flight never exceed the queue plus the one being encoded (3 items per tx)
-    assert max(observed) <= 16 + 6
+    # One batch per transaction (3 items): in flight never exceed the queued
+    # batches plus the one the sink is working on and the one being encoded.
+    assert max(observed) <= (16 + 2) * 3
+
+
+def test_a_large_transaction_travels_in_bounded_batches() -> None:
+    source = ListSource([tx(1, rows=5000)])
+    sink = RecordingSink("a")
+    run_pipeline(source, [sink], threading.Event(), queue=4, batch=100)
+    assert len([i for i in sink.items if isinstance(i, EncodedEvent)]) == 5000
 
 
 def test_failing_sink_raises_and_nothing_past_its_durable_prefix_is_confirmed() -> None:
