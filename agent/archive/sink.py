@@ -61,6 +61,7 @@ class ArchiveSink:
         max_age: float,
         resume_after: Position | None,
         on_segment: Callable[[int], None] | None = None,
+        checkpoint: Callable[[], Position | None] | None = None,
     ) -> None:
         self.writer = writer
         self.data_keys = data_keys
@@ -73,6 +74,9 @@ class ArchiveSink:
         self._seg: _Open | None = None
         self._last_complete: Position | None = resume_after
         self._on_segment = on_segment
+        # The pipeline's durable position, recorded with each segment so a
+        # new host (empty state_dir) resumes where every sink already was.
+        self._checkpoint = checkpoint or (lambda: None)
 
     def open(self, ack: Callable[[int], None]) -> None:
         # The writer (lease, catalog tail) is opened by the app before the
@@ -167,6 +171,7 @@ class ArchiveSink:
             "tables": sorted(seg.tables),
             "truncate": seg.truncate,
             "schema_change": seg.schema_change,
+            "checkpoint": position_to_json(cp) if (cp := self._checkpoint()) else None,
         }
         self.writer.append(catalog.SEGMENT, body)
         if self._on_segment is not None:

@@ -114,3 +114,35 @@ def test_round_trip_archive_and_kafka_in_commit_order(pg_database: Any, kafka_br
         for blob in (rec.key or b"", rec.value or b"", *[v for _k, v in rec.headers]):
             assert MARKER.encode() not in blob
             assert b"ann" not in blob
+
+
+def test_a_new_host_with_an_empty_state_dir_resumes_from_the_archive(pg_database: Any, tmp_path: Path) -> None:
+    with psycopg.connect(pg_database.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    keys = make_keys(tmp_path / "keys")
+
+    def config_for(state: Path) -> Path:
+        return write_config(
+            tmp_path / f"{state.name}.yaml",
+            source={"type": "postgres", "dsn": pg_database.dsn, "slot": "cv_newhost", "publication": "cv_newhost"},
+            archive_url=(tmp_path / "archive").as_uri(), keys=keys, state_dir=state,
+        )
+
+    def run_batch(config: Path, state: Path, first: int) -> None:
+        agent = AgentProcess(config, tmp_path / f"{state.name}.log")
+        try:
+            wait_for(lambda: checkpoint_lsn(state) is not None, 60, "agent start")
+            with psycopg.connect(pg_database.dsn, autocommit=True) as conn:
+                for i in range(first, first + 5):
+                    conn.execute("INSERT INTO t VALUES (%s, 'x')", (i,))
+                end = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+            wait_for(lambda: lsn_int(checkpoint_lsn(state) or "0/0") >= lsn_int(end), 60, "durable")
+        finally:
+            assert agent.stop() == 0, agent.log()
+
+    host_a = tmp_path / "host-a"
+    run_batch(config_for(host_a), host_a, 1)
+    host_b = tmp_path / "host-b"  # state_dir lost: another host, same slot and archive
+    run_batch(config_for(host_b), host_b, 6)
+    history = events(config_for(host_b), keys)
+    assert [e["key"]["id"] for e in history if e["op"] == "c"] == list(range(1, 11))
