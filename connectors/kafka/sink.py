@@ -32,7 +32,8 @@ from agent.errors import ServiceError
 from agent.settings import KafkaSettings, Settings
 from connectors.base import EncodedEvent, SinkItem, TxBegin, TxEnd
 from connectors.kafka.admin import TopicAdmin, topic_specs
-from connectors.kafka.producer import Delivered, RecordProducer
+from connectors.kafka.producer import Delivered
+from connectors.kafka.producer_factory import Producer, make_producer
 from connectors.kafka.topic_names import table_topic, transactions_topic
 
 TRUNCATE_KEY_NAME = "truncate"
@@ -55,7 +56,7 @@ class KafkaSink:
         self.retention = settings.retention
         self.sealer = MessageSealer(data_keys)
         self.hasher = hasher
-        self._producer: RecordProducer | None = None
+        self._producer: Producer | None = None
         self._admin: TopicAdmin | None = None
         self._topics: set[str] = set()
         self._lock = threading.Lock()
@@ -72,7 +73,7 @@ class KafkaSink:
         self._ack = ack
         self._admin = TopicAdmin(self.kafka)
         self._ensure([])
-        self._producer = RecordProducer(self.kafka)
+        self._producer = make_producer(self.kafka)
 
     def close(self) -> None:
         if self._producer is not None:
