@@ -21,9 +21,10 @@ from types import FrameType
 from agent.archive import catalog
 from agent.archive.access import open_store, verify_key_of
 from agent.archive.reader import complete_snapshots
+from agent.archive.retention import RetentionRequests, oldest_restorable
 from agent.archive.sink import ArchiveSink
 from agent.archive.snapshot import SnapshotWriter
-from agent.archive.writer import ArchiveWriter, agent_identity
+from agent.archive.writer import LEASE_NAME, ArchiveWriter, agent_identity
 from agent.checkpoint import (
     Checkpoint,
     CheckpointStore,
@@ -42,10 +43,16 @@ from agent.logs import configure_logging
 from agent.metrics import Metrics
 from agent.pipeline import Pipeline
 from agent.retry import Backoff
+from agent.scheduler import (
+    SnapshotOutcome,
+    SnapshotScheduler,
+    request_snapshot,
+    wait_for_answer,
+)
 from agent.sdnotify import SystemdNotifier
 from agent.settings import Settings, load_settings
 from connectors.base import CheckResult, Sink, SnapshotReader, Source
-from connectors.storage.lease import LeaseHeld, LeaseLost
+from connectors.storage.lease import ArchiveLease, LeaseHeld, LeaseLost
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +138,9 @@ class App:
         self._oldest_restorable_ts: float | None = None
         self._installed_ts: float | None = None
         self.position_lost = False
+        # The scheduled snapshot in progress (its held xmin is a metric).
+        self._active_snapshot: SnapshotReader | None = None
+        self.scheduler: SnapshotScheduler | None = None
 
     # ------------------------------------------------------------ metrics
 
@@ -145,6 +155,7 @@ class App:
         m.bind_installed_timestamp(lambda: self._installed_ts)
         m.bind_oldest_restorable_timestamp(lambda: self._oldest_restorable_ts or 0.0)
         m.bind_position_lost(lambda: self.position_lost)
+        m.bind_snapshot_xmin_age(self._snapshot_xmin_age)
         for name in self._sink_names():
             m.bind_sink_up(name, self._sink_up_fn(name))
 
@@ -161,6 +172,20 @@ class App:
             return None
         value = src.behind_bytes()
         return None if value is None else float(value)
+
+    def _snapshot_xmin_age(self) -> float | None:
+        """Transactions the running snapshot's xmin is behind (PostgreSQL only)."""
+        xmin = getattr(self._active_snapshot, "held_xmin", None)
+        src = self.source
+        if xmin is None or src is None:
+            return None
+        # PostgresSource has no public age query yet; its control-connection
+        # query is lock-protected and safe from this (scrape) thread.
+        query = getattr(src, "_query", None)
+        if query is None:
+            return None
+        rows = query("SELECT age(%s::text::xid)::int8", (str(xmin),))
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def _sink_names(self) -> list[str]:
         return ["archive"] + (["kafka"] if self.settings.kafka is not None else [])
@@ -179,6 +204,8 @@ class App:
             self._read_archive_state()
             self.notifier.ready("starting capture")
             threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
+            self.scheduler = self._build_scheduler()
+            self.scheduler.start()
             backoff = Backoff(initial=1.0, maximum=60.0)
             while not self.stop.is_set():
                 try:
@@ -200,6 +227,10 @@ class App:
             raise
         finally:
             self.stop.set()
+            if self.scheduler is not None:
+                # A snapshot stops at its next part; it must not append after
+                # the lease is released.
+                self.scheduler.join(60.0)
             if self.source is not None:
                 self.source.close()
             self.writer.close()
@@ -235,6 +266,42 @@ class App:
 
     def _initial_snapshot(self, reader: SnapshotReader) -> None:
         self.notifier.status(f"initial snapshot {reader.snapshot_id}")
+        self._write_snapshot(reader)
+        self._save_checkpoint(Durable(0, reader.position, None))
+
+    # ------------------------------------------------- scheduled snapshots
+
+    def _build_scheduler(self) -> SnapshotScheduler:
+        requests = RetentionRequests(
+            self.writer, self.settings.retention, on_horizon=self._horizon_recorded
+        )
+        return SnapshotScheduler(
+            self.settings.snapshot_interval.total_seconds(),
+            self.settings.state_dir,
+            self._scheduled_snapshot,
+            self._streaming,
+            lambda: self._last_snapshot_ts,
+            self.stop,
+            on_failure=lambda exc: self.metrics.count_reconnect("snapshot"),
+            chores=requests.poll,
+        )
+
+    def _scheduled_snapshot(self) -> SnapshotOutcome:
+        """One snapshot beside the running stream (scheduler thread).
+
+        The reader has its own connections (PostgreSQL: a TEMPORARY slot's
+        export, imported on a new connection); the streaming source object is
+        only asked to open it, and its shared control connection is locked.
+        """
+        source = self.source
+        if source is None:
+            raise ServiceError("the pipeline is restarting; the snapshot waits for it")
+        return self._write_snapshot(source.take_snapshot())
+
+    def _write_snapshot(self, reader: SnapshotReader) -> SnapshotOutcome:
+        self._active_snapshot = reader
+        self.notifier.status(f"snapshot {reader.snapshot_id}")
+        log.info("snapshot %s at %s started", reader.snapshot_id, reader.position.text)
         started = time.monotonic()
         try:
             result = SnapshotWriter(
@@ -245,13 +312,37 @@ class App:
                 self._snapshot_progress,
             ).write(reader)
         finally:
+            self._active_snapshot = None
             reader.close()
         self.metrics.record_snapshot_duration(time.monotonic() - started)
         self._last_snapshot_ts = time.time()
         if self._oldest_restorable_ts is None:
             self._oldest_restorable_ts = reader.started_at.timestamp()
-        self._save_checkpoint(Durable(0, reader.position, None))
-        log.info("initial snapshot %s done: %s", result.snapshot_id, result.rows)
+        log.info("snapshot %s done: %s", result.snapshot_id, result.rows)
+        return SnapshotOutcome(result.snapshot_id, reader.position.text, result.rows, result.bytes)
+
+    def _horizon_recorded(self, horizon: str) -> None:
+        self._oldest_restorable_ts = datetime.fromisoformat(horizon).timestamp()
+
+    def snapshot_now(self) -> SnapshotOutcome:
+        """`changevault snapshot` with no agent running: take the lease, snapshot, release."""
+        self.writer.open()
+        try:
+            cp = self.checkpoints.load(self.source_id)
+            if cp is None:
+                raise UsageError(
+                    f"no checkpoint in {self.settings.state_dir}: run `changevault run` first "
+                    "(it takes the initial snapshot)"
+                )
+            source = build_source(self.settings)
+            try:
+                # Checks the position is still there and lists the tables; does not stream.
+                source.start(cp.position)
+                return self._write_snapshot(source.take_snapshot())
+            finally:
+                source.close()
+        finally:
+            self.writer.close()
 
     def _build_sinks(self, cp: Checkpoint | None) -> list[Sink]:
         sinks: list[Sink] = [
@@ -336,8 +427,10 @@ class App:
             self._installed_ts = datetime.fromisoformat(entries[0].created).timestamp()
         snaps = complete_snapshots(entries)
         if snaps:
-            self._oldest_restorable_ts = datetime.fromisoformat(snaps[0].started).timestamp()
             self._last_snapshot_ts = datetime.fromisoformat(snaps[-1].end.created).timestamp()
+        oldest = oldest_restorable(entries)  # honours a retention horizon
+        if oldest is not None:
+            self._oldest_restorable_ts = datetime.fromisoformat(oldest.started).timestamp()
 
     def _liveness(self) -> Verdict:
         p = self.pipeline
@@ -410,4 +503,28 @@ def teardown_command(args: argparse.Namespace) -> int:
 
 
 def snapshot_command(args: argparse.Namespace) -> int:
-    raise UsageError("snapshot: on-demand snapshots are not available in this version yet")
+    """An on-demand snapshot: asks the running agent, or takes one itself.
+
+    Never two writers: if the archive lease is live and ours (the agent on
+    this state_dir), the agent is asked through a request file; if it is free
+    this command takes the lease; if another agent holds it, exit 3.
+    """
+    settings = _settings(args)
+    store = open_store(settings)
+    agent_id = agent_identity(settings.state_dir)
+    lease = ArchiveLease(store, LEASE_NAME, agent_id, 60.0)
+    holder = lease.current()
+    if holder is not None and holder.owner_id == agent_id and holder.live(time.time()):
+        request_id = request_snapshot(settings.state_dir)
+        print(f"asked the running agent for a snapshot (request {request_id})", flush=True)
+        outcome = wait_for_answer(settings.state_dir, request_id, lease)
+    else:
+        outcome = App(settings).snapshot_now()  # LeaseHeld (exit 3) if someone else writes
+    rows = sum(outcome.rows.values())
+    print(
+        f"snapshot {outcome.snapshot_id} complete at position {outcome.position}: "
+        f"{rows} rows in {len(outcome.rows)} tables, {outcome.bytes} bytes"
+    )
+    for table, n in sorted(outcome.rows.items()):
+        print(f"  {table}: {n} rows")
+    return 0

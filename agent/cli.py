@@ -30,15 +30,15 @@ HANDLERS: dict[str, str] = {
     "events": "agent.history:events_command",
     "verify": "agent.archive.verify:verify_command",
     "teardown": "agent.app:teardown_command",
+    "snapshot": "agent.app:snapshot_command",
+    "status": "agent.status:status_command",
+    "expire": "agent.archive.retention:expire_command",
 }
 
 # Subcommands registered for their options whose feature has not landed yet:
 # they refuse with exit 2 and say so, never pretend to work.
 PENDING: dict[str, str] = {
-    "snapshot": "scheduled snapshots land with point-in-time restore",
     "restore": "point-in-time restore has not landed yet",
-    "status": "status lands with encrypted delivery",
-    "expire": "retention lands with point-in-time restore",
 }
 
 
