@@ -107,10 +107,11 @@ def collect(settings: Settings) -> dict[str, Any]:
         "checkpoint_position": cp.position.text if cp else None,
         "checkpoint_commit_time": cp.commit_ts.isoformat() if cp and cp.commit_ts else None,
         "checkpoint_saved_at": cp.saved_at.isoformat() if cp else None,
-        # Lag as far as the checkpoint shows it: commit time of the newest
-        # durable transaction (None until one has been captured).
-        "lag_seconds": round((now - cp.commit_ts).total_seconds(), 3)
-        if cp and cp.commit_ts
+        # Lag as far as the checkpoint shows it: since the commit of the newest
+        # durable transaction, or, when the checkpoint last moved on a
+        # heartbeat (caught up, nothing captured pending), since it was saved.
+        "lag_seconds": round((now - (cp.commit_ts or cp.saved_at)).total_seconds(), 3)
+        if cp
         else None,
     }
     figures.update(source_figures(settings, cp))
