@@ -33,12 +33,12 @@ HANDLERS: dict[str, str] = {
     "snapshot": "agent.app:snapshot_command",
     "status": "agent.status:status_command",
     "expire": "agent.archive.retention:expire_command",
+    "restore": "agent.restore.command:restore_command",
 }
 
 # Subcommands registered for their options whose feature has not landed yet:
 # they refuse with exit 2 and say so, never pretend to work.
 PENDING: dict[str, str] = {
-    "restore": "point-in-time restore has not landed yet",
 }
 
 

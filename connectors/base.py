@@ -179,3 +179,34 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> None:
         """Only `changevault expire` (with its own credentials) deletes."""
         ...
+
+
+# -------------------------------------------------------------------- restore
+
+# Rows of one table as lists of CONTRACT.md JSON values, in the table's column order.
+RestoreRows = Callable[[TableSchema], Iterator[list[object]]]
+
+
+class Applier(Protocol):
+    """Writes restored tables into a target database (restore's only I/O there).
+
+    Values are the JSON values of CONTRACT.md; the applier converts them to
+    the database's types and, when reading back, converts the target's values
+    to the same JSON representation, so checksums compare exactly.
+    """
+
+    def load_new(
+        self, target_schema: str, tables: list[TableSchema], rows: RestoreRows, foreign_keys: bool
+    ) -> dict[str, int]:
+        """In one transaction: create the schema and tables (columns, types, NOT NULL,
+        defaults), load rows, then primary keys, indexes, the tables' own sequences
+        set past the restored maximum and, if asked, foreign keys between the
+        restored tables. Refuses (UsageError) a target table that holds rows.
+        Returns rows loaded per "schema.table" of the source."""
+        ...
+
+    def read_back(self, target_schema: str, table: TableSchema) -> Iterator[list[object]]:
+        """Every row of the restored table, as JSON values in column order."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Point-in-time restore: target -> plan -> fold -> apply -> verify -> audit."""

@@ -1,0 +1,55 @@
+"""Order-independent checksums of a table's rows, the same on both sides.
+
+Each row is the list of its values in column order, as JSON values of
+CONTRACT.md (what the archive holds, and what the applier reads back from
+the target); its digest is SHA-256 of the canonical JSON. The table's
+checksum is the row count and the sum of the digests modulo 2**128: a sum,
+unlike XOR, does not let two identical rows cancel out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_MOD = 1 << 128
+
+
+@dataclass
+class TableChecksum:
+    rows: int = 0
+    total: int = 0
+
+    def add(self, values: Sequence[Any]) -> None:
+        digest = hashlib.sha256(_ENCODE(list(values)).encode()).digest()
+        self.total = (self.total + int.from_bytes(digest[:16], "big")) % _MOD
+        self.rows += 1
+
+    def hex(self) -> str:
+        return f"{self.total:032x}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TableChecksum) and (self.rows, self.total) == (
+            other.rows,
+            other.total,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def summed(rows: Iterable[Sequence[Any]], into: TableChecksum) -> Iterator[Sequence[Any]]:
+    """Pass rows through, adding each to `into` (one pass feeds COPY and the checksum)."""
+    for values in rows:
+        into.add(values)
+        yield values
+
+
+def checksum_of(rows: Iterable[Sequence[Any]]) -> TableChecksum:
+    out = TableChecksum()
+    for values in rows:
+        out.add(values)
+    return out

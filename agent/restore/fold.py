@@ -1,0 +1,258 @@
+"""Replay: the snapshot's rows, then every transaction up to the target, folded per key.
+
+The fold lives in an on-disk SQLite database (a temporary file), keyed by
+(table, canonical primary-key JSON) with the row's JSON as value, so memory
+stays bounded whatever the table sizes. A transaction is applied whole or
+not at all: replay decides to stop only between transactions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from agent.archive.reader import ArchiveReader, snapshot_envelopes
+from agent.errors import UsageError
+from agent.events import Position, TableSchema
+from agent.restore.planner import Plan
+from agent.restore.shapes import KeyChange, Shapes, TableShape
+from agent.restore.target import Target
+
+log = logging.getLogger(__name__)
+
+_DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_BATCH = 20_000  # rows per executemany for snapshot rows; events per SQLite commit
+
+
+def key_json(values: list[Any]) -> str:
+    return _DUMPS(values)
+
+
+@dataclass
+class Stop:
+    """Where replay stopped: the last transaction applied (or the snapshot)."""
+
+    position: Position
+    commit_ts: str
+    txid: str | None  # None: nothing after the snapshot was applied
+    transactions: int = 0
+    events: int = 0
+    next_txid: str | None = None  # the first transaction left out, if any was seen
+
+
+@dataclass
+class FoldStats:
+    skipped_tables: set[str] = field(default_factory=set)
+
+
+class FoldStore:
+    """(table, key) -> row JSON in SQLite; journal off (a crashed fold is thrown away)."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="changevault-restore-", dir=directory)
+        self.db = sqlite3.connect(Path(self._dir.name) / "fold.sqlite", isolation_level=None)
+        for pragma in (
+            "journal_mode=OFF",
+            "synchronous=OFF",
+            "temp_store=FILE",
+            "cache_size=-131072",  # 128 MiB of page cache, then the OS page cache
+        ):
+            self.db.execute(f"PRAGMA {pragma}")
+        self.db.execute(
+            "CREATE TABLE rows (t INTEGER NOT NULL, k TEXT NOT NULL, v TEXT NOT NULL,"
+            " PRIMARY KEY (t, k)) WITHOUT ROWID"
+        )
+        self._ids: dict[str, int] = {}
+        self.db.execute("BEGIN")
+
+    def table_id(self, name: str) -> int:
+        tid = self._ids.get(name)
+        if tid is None:
+            tid = self._ids[name] = len(self._ids) + 1
+        return tid
+
+    def commit(self) -> None:
+        self.db.execute("COMMIT")
+        self.db.execute("BEGIN")
+
+    def put_many(self, tid: int, items: list[tuple[str, str]]) -> None:
+        self.db.executemany(
+            "INSERT OR REPLACE INTO rows (t, k, v) VALUES (?, ?, ?)",
+            [(tid, k, v) for k, v in items],
+        )
+
+    def put(self, tid: int, key: str, row: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO rows (t, k, v) VALUES (?, ?, ?)", (tid, key, row))
+
+    def get(self, tid: int, key: str) -> dict[str, Any] | None:
+        got = self.db.execute("SELECT v FROM rows WHERE t = ? AND k = ?", (tid, key)).fetchone()
+        return None if got is None else dict(json.loads(got[0]))
+
+    def delete(self, tid: int, key: str) -> None:
+        self.db.execute("DELETE FROM rows WHERE t = ? AND k = ?", (tid, key))
+
+    def truncate(self, tid: int) -> None:
+        self.db.execute("DELETE FROM rows WHERE t = ?", (tid,))
+
+    def count(self, tid: int) -> int:
+        return int(self.db.execute("SELECT count(*) FROM rows WHERE t = ?", (tid,)).fetchone()[0])
+
+    def rows(self, tid: int) -> Iterator[dict[str, Any]]:
+        cur = self.db.execute("SELECT v FROM rows WHERE t = ?", (tid,))
+        while batch := cur.fetchmany(_BATCH):
+            for (v,) in batch:
+                yield json.loads(v)
+
+    def rekey(self, tid: int, shape: TableShape) -> None:
+        """A key redefined between snapshot and target: recompute every key of the table."""
+        names = [shape.names_of(c) for c in shape.key]
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS rekey (k TEXT PRIMARY KEY, v TEXT)")
+        self.db.execute("DELETE FROM rekey")
+        for row in self.rows(tid):
+            values = [_pick(row, n) for n in names]
+            if any(v is _MISSING for v in values):
+                raise UsageError(
+                    f"{shape.name}: the primary key was redefined to ({', '.join(shape.key)}) "
+                    "between the snapshot and the target, and rows from before lack those "
+                    "columns; choose a target before the change or after a later snapshot"
+                )
+            self.db.execute(
+                "INSERT OR REPLACE INTO rekey VALUES (?, ?)", (key_json(values), _DUMPS(row))
+            )
+        self.truncate(tid)
+        self.db.execute("INSERT INTO rows (t, k, v) SELECT ?, k, v FROM rekey", (tid,))
+        self.db.execute("DELETE FROM rekey")
+
+    def close(self) -> None:
+        self.db.close()
+        self._dir.cleanup()
+
+
+_MISSING = object()
+
+
+def _pick(row: dict[str, Any], names: tuple[str, ...]) -> Any:
+    for n in names:
+        if n in row:
+            return row[n]
+    return _MISSING
+
+
+class Fold:
+    """Applies envelopes to a FoldStore under the current table shapes."""
+
+    def __init__(self, store: FoldStore, shapes: Shapes, wanted: set[str] | None) -> None:
+        self.store = store
+        self.shapes = shapes
+        self.wanted = wanted
+        self.stats = FoldStats()
+
+    def in_scope(self, name: str) -> bool:
+        return self.wanted is None or name in self.wanted
+
+    def load_snapshot(self, reader: ArchiveReader, plan: Plan) -> int:
+        rows = 0
+        pending: dict[int, list[tuple[str, str]]] = {}
+        tables = None if self.wanted is None else set(self.wanted)
+        for env in snapshot_envelopes(reader, plan.snapshot, tables):
+            doc = json.loads(env)
+            src = doc["source"]
+            shape = self.shapes.get(f"{src['schema']}.{src['table']}")
+            if shape is None:
+                continue
+            after = doc["after"]
+            tid = self.store.table_id(shape.name)
+            batch = pending.setdefault(tid, [])
+            batch.append((key_json([after.get(c) for c in shape.key]), _DUMPS(after)))
+            rows += 1
+            if len(batch) >= _BATCH:
+                self.store.put_many(tid, batch)
+                batch.clear()
+        for tid, batch in pending.items():
+            self.store.put_many(tid, batch)
+        self.store.commit()
+        return rows
+
+    def schema_change(self, record: TableSchema) -> None:
+        change: KeyChange | None = self.shapes.apply(record)
+        if change is not None and self.in_scope(change.table):
+            shape = self.shapes.by_name[change.table]
+            log.info(
+                "%s: key redefined from %s to %s; re-keying", change.table, change.old, change.new
+            )
+            self.store.rekey(self.store.table_id(change.table), shape)
+
+    def event(self, env: bytes) -> None:
+        doc = json.loads(env)
+        src = doc["source"]
+        name = f"{src['schema']}.{src['table']}"
+        if not self.in_scope(name):
+            return
+        shape = self.shapes.get(name)
+        if shape is None:
+            self.stats.skipped_tables.add(name)
+            return
+        tid = self.store.table_id(name)
+        op = doc["op"]
+        if op == "t":
+            self.store.truncate(tid)
+            return
+        key = shape.key
+        if op == "d":
+            old = doc["key"] or doc["before"] or {}
+            self.store.delete(tid, key_json([old.get(c) for c in key]))
+            return
+        after: dict[str, Any] = doc["after"]
+        new_key = key_json([after.get(c) for c in key])
+        if op == "u":
+            before = doc["before"] or {}
+            old_key = (
+                key_json([before.get(c) for c in key]) if all(c in before for c in key) else new_key
+            )
+            unchanged = doc.get("unchanged") or ()
+            if unchanged:
+                prev = self.store.get(tid, old_key) or {}
+                for column in unchanged:
+                    after[column] = _value_of(prev, shape.names_of(column))
+            if old_key != new_key:
+                self.store.delete(tid, old_key)
+        self.store.put(tid, new_key, _DUMPS(after))
+
+
+def _value_of(row: dict[str, Any], names: tuple[str, ...]) -> Any:
+    value = _pick(row, names)
+    return None if value is _MISSING else value
+
+
+def replay(reader: ArchiveReader, plan: Plan, target: Target, fold: Fold) -> Stop:
+    """Apply every transaction after the snapshot that the target admits, in commit order."""
+    snap = plan.snapshot
+    stop = Stop(snap.position, snap.started, None)
+    start = snap.position.sort_key
+    since_commit = 0
+    for tx in reader.transactions(plan.segments):
+        if tx.position.sort_key <= start:
+            continue  # inside the snapshot (read again from the segment before the first)
+        if not target.admits(tx.position, datetime.fromisoformat(tx.commit_ts)):
+            stop.next_txid = tx.txid
+            break
+        for record in tx.schemas:
+            fold.schema_change(record)
+        for env in tx.events:
+            fold.event(env)
+            stop.events += 1
+            since_commit += 1
+        stop.position, stop.commit_ts, stop.txid = tx.position, tx.commit_ts, tx.txid
+        stop.transactions += 1
+        if since_commit >= _BATCH:
+            fold.store.commit()
+            since_commit = 0
+    fold.store.commit()
+    return stop

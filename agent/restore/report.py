@@ -1,0 +1,68 @@
+"""The closing report of a restore, and the target DSN as it may be shown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.restore.checksum import TableChecksum
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without its password (URL or key=value form)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception:  # a malformed DSN: show nothing of it
+        return "<dsn>"
+    params.pop("password", None)
+    return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
+
+
+@dataclass
+class TableResult:
+    source: str
+    target: str
+    rows: int
+    expected: TableChecksum
+    actual: TableChecksum | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.actual is not None and self.actual == self.expected
+
+
+@dataclass
+class RestoreReport:
+    target: str
+    position: str
+    commit_ts: str
+    txid: str | None
+    snapshot_id: str
+    snapshot_position: str
+    segments_read: int
+    segments_total: int
+    transactions: int
+    target_schema: str
+    target_dsn: str
+    tables: list[TableResult] = field(default_factory=list)
+    skipped_tables: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        stop = f"transaction {self.txid}" if self.txid else "the snapshot"
+        out = [
+            f"restore {self.target}",
+            f"  stopped at position {self.position} (commit time {self.commit_ts}, after {stop})",
+            f"  from snapshot {self.snapshot_id} at {self.snapshot_position}, then "
+            f"{self.transactions} transactions from {self.segments_read} of "
+            f"{self.segments_total} segments",
+            f"  into schema {self.target_schema} of {self.target_dsn}",
+        ]
+        for t in self.tables:
+            state = "ok" if t.ok else "MISMATCH"
+            out.append(
+                f"  {t.source} -> {t.target}: {t.rows} rows, checksum {t.expected.hex()} {state}"
+            )
+        for name in self.skipped_tables:
+            out.append(f"  {name}: skipped (no table definition in the archive)")
+        return out
