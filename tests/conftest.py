@@ -9,7 +9,10 @@ the pytest process if it is killed. See docs/testing.md.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,8 +24,10 @@ import pytest
 from psycopg import sql
 
 from tests.servers.mariadb import MariaDBServer, quote_identifier
+from tests.servers.moto import MotoS3
 from tests.servers.postgres import PostgresServer
 from tests.servers.processes import tail
+from tests.servers.tansu import TansuBroker
 
 _SERVER_FIXTURES = ("pg_server", "mariadb_server", "kafka_broker", "s3_server")
 
@@ -36,7 +41,8 @@ def _unique_name(request: pytest.FixtureRequest, prefix: str, max_len: int) -> s
     test = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")
     suffix = uuid.uuid4().hex[:8]
     room = max_len - len(prefix) - len(suffix) - 2
-    return f"{prefix}_{test[:room]}_{suffix}" if room > 0 else f"{prefix}_{suffix}"
+    test = test[:room].rstrip("_")
+    return f"{prefix}_{test}_{suffix}" if test else f"{prefix}_{suffix}"
 
 
 # -- logs -------------------------------------------------------------------------
@@ -46,17 +52,23 @@ _log_dir_key = pytest.StashKey[Path]()
 
 
 @pytest.fixture(scope="session")
-def server_log_dir(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
+def server_log_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
     """Where every server started by this process (or xdist worker) logs.
 
-    Kept after the run (pytest keeps the last three base temp dirs); a test
-    that starts a dedicated server should pass this as its log_dir.
+    A private dir under $CV_TEST_LOG_DIR (default: the system temp dir), not
+    pytest's basetemp, which keeps only the last three runs of *any* pytest
+    on the machine. Deleted after a session without failures unless
+    CV_TEST_KEEP_LOGS is set. A test that starts a dedicated server should
+    pass this as its log_dir.
     """
-    log_dir = tmp_path_factory.mktemp("server-logs")
+    root = Path(os.environ.get("CV_TEST_LOG_DIR") or tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    log_dir = Path(tempfile.mkdtemp(prefix=f"cv-test-logs-{worker}-", dir=root))
     request.config.stash[_log_dir_key] = log_dir
-    return log_dir
+    yield log_dir
+    if request.session.testsfailed == 0 and not os.environ.get("CV_TEST_KEEP_LOGS"):
+        shutil.rmtree(log_dir, ignore_errors=True)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -167,3 +179,44 @@ def mysql_database(
         mariadb_server.start()
     with contextlib.suppress(Exception):
         mariadb_server.execute(f"DROP DATABASE IF EXISTS {quote_identifier(name)}")
+
+
+# -- Kafka (tansu) --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(server_log_dir: Path) -> Iterator[TansuBroker]:
+    """A memory-backed broker: stop() loses its data, use pause()/resume() for
+    outages, or start a TansuBroker(s3=...) of your own for a durable one."""
+    broker = TansuBroker(log_dir=server_log_dir)
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def kafka_topic_prefix(request: pytest.FixtureRequest) -> str:
+    """A topic prefix no other test uses (the broker is shared per session)."""
+    return _unique_name(request, "cv", 60)
+
+
+# -- S3 (moto) ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(server_log_dir: Path) -> Iterator[MotoS3]:
+    server = MotoS3(log_dir=server_log_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(request: pytest.FixtureRequest, s3_server: MotoS3) -> str:
+    """A fresh, empty bucket on the shared moto server (name: [a-z0-9-], <= 63)."""
+    name = _unique_name(request, "cv", 63).replace("_", "-")
+    return s3_server.create_bucket(name)

@@ -150,3 +150,28 @@ def log_mentions(path: Path, needle: str) -> bool:
         return needle in path.read_text(errors="replace")
     except OSError:
         return False
+
+
+def pause(process: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
+    """SIGSTOP the process and wait until every thread has stopped: kill()
+    returns before a thread running on another CPU is actually frozen."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGSTOP)
+    tasks = Path(f"/proc/{process.pid}/task")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            states = [
+                (task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in tasks.iterdir()
+            ]
+        except OSError:
+            return  # not Linux /proc, or the process is gone
+        if all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.01)
+
+
+def resume(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGCONT)
