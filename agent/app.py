@@ -179,13 +179,11 @@ class App:
         src = self.source
         if xmin is None or src is None:
             return None
-        # PostgresSource has no public age query yet; its control-connection
-        # query is lock-protected and safe from this (scrape) thread.
-        query = getattr(src, "_query", None)
-        if query is None:
-            return None
-        rows = query("SELECT age(%s::text::xid)::int8", (str(xmin),))
-        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+        # Only PostgreSQL holds an xmin; its query runs on the source's
+        # lock-protected control connection, safe from this scrape thread.
+        xmin_age = getattr(src, "xmin_age", None)
+        age = None if xmin_age is None else xmin_age(int(xmin))
+        return None if age is None else float(age)
 
     def _sink_names(self) -> list[str]:
         return ["archive"] + (["kafka"] if self.settings.kafka is not None else [])
@@ -282,7 +280,7 @@ class App:
             self._streaming,
             lambda: self._last_snapshot_ts,
             self.stop,
-            on_failure=lambda exc: self.metrics.count_reconnect("snapshot"),
+            on_failure=lambda exc: self.metrics.count_snapshot_failure(),
             chores=requests.poll,
         )
 

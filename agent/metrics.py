@@ -236,6 +236,11 @@ class Metrics:
             ["component"],
             registry=r,
         )
+        self._snapshot_failures = Counter(
+            "changevault_snapshot_failures",
+            "Base snapshots that failed or were interrupted (retried with backoff).",
+            registry=r,
+        )
         self._statement_dml = Counter(
             "changevault_statement_dml",
             "MySQL/MariaDB: DML seen as statement-based binlog events, which cannot be "
@@ -352,6 +357,9 @@ class Metrics:
 
     def count_reconnect(self, component: str) -> None:
         self._reconnects.labels(component).inc()
+
+    def count_snapshot_failure(self) -> None:
+        self._snapshot_failures.inc()
 
     def count_statement_dml(self, n: int = 1) -> None:
         self._statement_dml.inc(n)

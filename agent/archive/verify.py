@@ -37,8 +37,11 @@ def verify_archive(reader: ArchiveReader, decrypt: bool) -> VerifyReport:
     entries = reader.entries()
     report.entries = len(entries)
     _check_head(entries)
+    first_kept = _first_kept(entries)
     highest: tuple[int, ...] | None = None
     for entry in entries:
+        if entry.seq < first_kept:
+            continue  # declared expired; its objects may already be gone
         if entry.kind == catalog.GAP:
             report.gaps.append(f"entry {entry.seq}: {entry.body.get('reason', 'positions lost')}")
         objects = []
@@ -75,16 +78,19 @@ def verify_archive(reader: ArchiveReader, decrypt: bool) -> VerifyReport:
     return report
 
 
+def _first_kept(entries: list[catalog.CatalogEntry]) -> int:
+    """The first entry the newest retention entry promises to keep (0: all)."""
+    kept = [int(e.body.get("first_kept_seq", 0)) for e in entries if e.kind == catalog.RETENTION]
+    return max(kept, default=0)
+
+
 def _check_head(entries: list[catalog.CatalogEntry]) -> None:
     head = entries[0]
     if head.seq == 0:
         return
-    declared = [
-        e
-        for e in entries
-        if e.kind == catalog.RETENTION and e.body.get("first_kept_seq") == head.seq
-    ]
-    if not declared:
+    # An expire that stopped halfway leaves some declared-expired entries at
+    # the head: they are allowed, just no longer checked for their objects.
+    if head.seq > _first_kept(entries):
         raise IntegrityError(
             f"catalog starts at entry {head.seq}, but no retention entry declares "
             f"entries before it expired (removed?)"

@@ -134,6 +134,11 @@ class PostgresSource:
         with self._control_lock:
             return self._control().execute(query, params).fetchall()
 
+    def xmin_age(self, xmin: int) -> int | None:
+        """How many transactions a snapshot's held xmin is behind (for the metric)."""
+        rows = self._query("SELECT age(%s::text::xid)::int8", (str(xmin),))
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
     def _resolve_type(self, oid: int) -> TypeInfo | None:
         rows = self._query(TYPE_INFO_QUERY, (oid,))
         if not rows:
