@@ -8,14 +8,12 @@ source lost our position, another agent holds the archive) end the process.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from types import FrameType
 
 from agent.archive import catalog
@@ -24,7 +22,7 @@ from agent.archive.reader import complete_snapshots
 from agent.archive.retention import RetentionRequests, oldest_restorable
 from agent.archive.sink import ArchiveSink
 from agent.archive.snapshot import SnapshotWriter
-from agent.archive.writer import LEASE_NAME, ArchiveWriter, agent_identity
+from agent.archive.writer import ArchiveWriter, agent_identity
 from agent.checkpoint import (
     Checkpoint,
     CheckpointStore,
@@ -39,20 +37,17 @@ from agent.envelope import EnvelopeEncoder
 from agent.errors import PositionLostError, ServiceError, UsageError
 from agent.events import Position
 from agent.http import HealthServer, ProgressWatch, Verdict
-from agent.logs import configure_logging
 from agent.metrics import Metrics
 from agent.pipeline import Pipeline
 from agent.retry import Backoff
 from agent.scheduler import (
     SnapshotOutcome,
     SnapshotScheduler,
-    request_snapshot,
-    wait_for_answer,
 )
 from agent.sdnotify import SystemdNotifier
-from agent.settings import Settings, load_settings
-from connectors.base import CheckResult, Sink, SnapshotReader, Source
-from connectors.storage.lease import ArchiveLease, LeaseHeld, LeaseLost
+from agent.settings import Settings
+from connectors.base import Sink, SnapshotReader, Source
+from connectors.storage.lease import LeaseHeld, LeaseLost
 
 log = logging.getLogger(__name__)
 
@@ -448,81 +443,3 @@ class App:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_stop)
             signal.signal(signal.SIGINT, on_stop)
-
-
-# ------------------------------------------------------------------ commands
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    settings = load_settings(Path(args.config))
-    configure_logging(settings.log_format, settings.log_level)
-    return settings
-
-
-def run_command(args: argparse.Namespace) -> int:
-    return App(_settings(args)).run()
-
-
-def check_command(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    source = build_source(settings)
-    try:
-        results = source.checks()
-    finally:
-        source.close()
-    results += _archive_checks(settings)
-    for r in results:
-        print(f"{'ok  ' if r.ok else 'FAIL'} {r.name}: {r.detail}")
-    failed = [r for r in results if not r.ok and r.fatal]
-    if failed:
-        first = failed[0]
-        raise UsageError(f"{len(failed)} check(s) failed; first: {first.name}: {first.detail}")
-    return 0
-
-
-def _archive_checks(settings: Settings) -> list[CheckResult]:
-    from connectors.storage.probe import probe_conditional_put
-
-    return [probe_conditional_put(open_store(settings))]
-
-
-def teardown_command(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    if not args.yes:
-        raise UsageError("teardown drops the replication slot and publication: add --yes")
-    if settings.source.type != "postgres":
-        print("nothing to tear down for a MySQL/MariaDB source (no server-side state)")
-        return 0
-    from connectors.postgres.teardown import teardown
-
-    for line in teardown(settings, settings.state_dir):
-        print(line)
-    return 0
-
-
-def snapshot_command(args: argparse.Namespace) -> int:
-    """An on-demand snapshot: asks the running agent, or takes one itself.
-
-    Never two writers: if the archive lease is live and ours (the agent on
-    this state_dir), the agent is asked through a request file; if it is free
-    this command takes the lease; if another agent holds it, exit 3.
-    """
-    settings = _settings(args)
-    store = open_store(settings)
-    agent_id = agent_identity(settings.state_dir)
-    lease = ArchiveLease(store, LEASE_NAME, agent_id, 60.0)
-    holder = lease.current()
-    if holder is not None and holder.owner_id == agent_id and holder.live(time.time()):
-        request_id = request_snapshot(settings.state_dir)
-        print(f"asked the running agent for a snapshot (request {request_id})", flush=True)
-        outcome = wait_for_answer(settings.state_dir, request_id, lease)
-    else:
-        outcome = App(settings).snapshot_now()  # LeaseHeld (exit 3) if someone else writes
-    rows = sum(outcome.rows.values())
-    print(
-        f"snapshot {outcome.snapshot_id} complete at position {outcome.position}: "
-        f"{rows} rows in {len(outcome.rows)} tables, {outcome.bytes} bytes"
-    )
-    for table, n in sorted(outcome.rows.items()):
-        print(f"  {table}: {n} rows")
-    return 0

@@ -25,12 +25,12 @@ Handler = Callable[[argparse.Namespace], int]
 # backend's driver only matters if that backend is used.
 HANDLERS: dict[str, str] = {
     "keys": "agent.crypto.keyfiles:keys_command",
-    "check": "agent.app:check_command",
-    "run": "agent.app:run_command",
+    "check": "agent.commands:check_command",
+    "run": "agent.commands:run_command",
     "events": "agent.history:events_command",
     "verify": "agent.archive.verify:verify_command",
-    "teardown": "agent.app:teardown_command",
-    "snapshot": "agent.app:snapshot_command",
+    "teardown": "agent.commands:teardown_command",
+    "snapshot": "agent.commands:snapshot_command",
     "status": "agent.status:status_command",
     "expire": "agent.archive.retention:expire_command",
     "restore": "agent.restore.command:restore_command",
