@@ -193,9 +193,9 @@ class TransactionAssembler:
         return found
 
     def _events(self, pending: _Pending, commit_lsn: int) -> Iterator[ChangeEvent]:
-        in_stream = pending.in_stream
         new: list[TableSchema] = []
-        messages = (decode_message(p, in_stream=in_stream) for p in pending.buffer.replay())
-        yield from self._builder.transaction_events(messages, commit_lsn, new)
+        yield from self._builder.payload_events(
+            pending.buffer.replay(), pending.in_stream, commit_lsn, new
+        )
         if new:
             self._on_new_schemas(new)

@@ -244,13 +244,13 @@ def _postgres_interval_to_iso(s: str) -> str | None:
 # The C scanner directly: json.loads spends more time checking its arguments and
 # sniffing the encoding than parsing a small document.
 _JSON_DECODER: Final = json.JSONDecoder()
-_json_scan: Final = json.scanner.make_scanner(_JSON_DECODER)  # type: ignore[arg-type]
+JSON_SCAN: Final = json.scanner.make_scanner(_JSON_DECODER)  # type: ignore[arg-type]
 
 
 def _json(v: bytes) -> Any:
     s = v.decode()
     try:
-        value, end = _json_scan(s, 0)
+        value, end = JSON_SCAN(s, 0)
         if end == len(s):
             return value
     except (StopIteration, ValueError):
@@ -336,6 +336,21 @@ def _array_of(element: Converter) -> Converter:
         return parse_array(v, element)
 
     return convert
+
+
+# Converters whose work the compiled row decoders (rowdecoder.py) write inline,
+# by name of the inline form. The functions above stay the reference: an
+# inline form either gives exactly their result or calls them.
+INLINE_FORMS: Final[Mapping[Converter, str]] = MappingProxyType(
+    {
+        int: "int",
+        _text: "text",
+        _bool: "bool",
+        _date: "date",
+        _timestamptz: "timestamptz",
+        _json: "json",
+    }
+)
 
 
 # --- type tables ------------------------------------------------------------

@@ -12,7 +12,8 @@ catalog.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Iterator
+import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
@@ -29,8 +30,10 @@ from connectors.postgres.pgoutput import (
     TupleData,
     TypeInfoMessage,
     Update,
+    decode_message,
 )
 from connectors.postgres.pgtypes import Converter, TypeConverters, TypeResolver, format_type
+from connectors.postgres.rowdecoder import RowDecoder, compile_row_decoder
 
 # Under REPLICA IDENTITY FULL pgoutput flags every column as key, so the primary
 # key has to come from the catalog: the Source supplies this (pg_index lookup).
@@ -48,6 +51,7 @@ class RelationVersion:
     converters: tuple[Converter, ...]
     key_names: tuple[str, ...]
     identity_full: bool
+    row_decoder: RowDecoder | None = None  # the compiled fast path (rowdecoder.py)
 
 
 def _shape(schema: TableSchema) -> tuple[Any, ...]:
@@ -109,19 +113,27 @@ class RelationHistory:
             version = latest.version + 1 if latest is not None else 1
             schema = new_schema = TableSchema(namespace, rel.name, columns, key_names, version)
             self._latest[(namespace, rel.name)] = schema
+        names = tuple(c.name for c in rel.columns)
+        converters = self.converters.row(tuple(c.type_oid for c in rel.columns))
         entry = RelationVersion(
             relation=rel,
             schema=schema,
             from_lsn=lsn,
-            names=tuple(c.name for c in rel.columns),
-            converters=self.converters.row(tuple(c.type_oid for c in rel.columns)),
+            names=names,
+            converters=converters,
             key_names=key_names,
             identity_full=rel.replica_identity == REPLICA_IDENTITY_FULL,
+            row_decoder=compile_row_decoder(names, converters, key_names),
         )
         self._current[rel.relid] = entry
         versions = self._by_relid.setdefault(rel.relid, [])
         bisect.insort(versions, entry, key=lambda v: v.from_lsn)
         return new_schema
+
+    @property
+    def current_versions(self) -> Mapping[int, RelationVersion]:
+        """relid -> the shape of its last Relation message; a live view."""
+        return self._current
 
     def current(self, relid: int) -> RelationVersion:
         """The shape of the last Relation message for `relid` (what pgoutput uses)."""
@@ -288,22 +300,104 @@ class EventBuilder:
         """
         seq = 0
         for msg in messages:
-            if isinstance(msg, Insert):
-                yield self.insert(msg, seq)
-                seq += 1
-            elif isinstance(msg, Update):
-                yield self.update(msg, seq)
-                seq += 1
-            elif isinstance(msg, Delete):
-                yield self.delete(msg, seq)
-                seq += 1
-            elif isinstance(msg, Truncate):
-                for event in self.truncate(msg, seq):
+            events = self._message_events(msg, seq, lsn, new_schemas)
+            yield from events
+            seq += len(events)
+
+    def payload_events(
+        self,
+        payloads: Iterable[bytes],
+        in_stream: bool = False,
+        lsn: int = 0,
+        new_schemas: list[TableSchema] | None = None,
+    ) -> Iterator[ChangeEvent]:
+        """`transaction_events` over raw pgoutput messages (`in_stream`: they carry
+        an xid). A row of a relation with a compiled decoder becomes its event
+        without message objects; every other message, and any row the compiled
+        decoder declines, takes the general path, which gives the same events."""
+        current = self.history.current_versions
+        relid_at = 5 if in_stream else 1
+        seq = 0
+        for payload in payloads:
+            if payload[0] in _ROW_TAGS:
+                try:
+                    event = _compiled_event(
+                        current.get(_U32(payload, relid_at)[0]), payload, relid_at + 4, seq
+                    )
+                except Exception:  # the general path below decodes it, or says why not
+                    event = None
+                if event is not None:
                     yield event
                     seq += 1
-            elif isinstance(msg, Relation):
-                schema = self.history.apply(msg, lsn)
-                if schema is not None and new_schemas is not None:
-                    new_schemas.append(schema)
-            elif isinstance(msg, TypeInfoMessage):
-                self.history.note_type(msg)
+                    continue
+            events = self._message_events(
+                decode_message(payload, in_stream=in_stream), seq, lsn, new_schemas
+            )
+            yield from events
+            seq += len(events)
+
+    def _message_events(
+        self, msg: Message, seq: int, lsn: int, new_schemas: list[TableSchema] | None
+    ) -> list[ChangeEvent]:
+        if isinstance(msg, Insert):
+            return [self.insert(msg, seq)]
+        if isinstance(msg, Update):
+            return [self.update(msg, seq)]
+        if isinstance(msg, Delete):
+            return [self.delete(msg, seq)]
+        if isinstance(msg, Truncate):
+            return self.truncate(msg, seq)
+        if isinstance(msg, Relation):
+            schema = self.history.apply(msg, lsn)
+            if schema is not None and new_schemas is not None:
+                new_schemas.append(schema)
+        elif isinstance(msg, TypeInfoMessage):
+            self.history.note_type(msg)
+        return []
+
+
+_U32: Final = struct.Struct(">I").unpack_from
+_ROW_TAGS: Final = frozenset(b"IUD")
+_NEW, _KEY, _OLD = 0x4E, 0x4B, 0x4F  # 'N', 'K', 'O' before a TupleData
+
+
+def _compiled_event(
+    rv: RelationVersion | None, buf: bytes, pos: int, seq: int
+) -> ChangeEvent | None:
+    """An Insert/Update/Delete (tag at buf[0], tuple marker at `pos`) decoded by the
+    relation's compiled decoder; the same event EventBuilder.insert/update/delete
+    builds. None, or an exception, sends the message to the general path."""
+    if rv is None or (decode := rv.row_decoder) is None:
+        return None
+    tag = buf[0]
+    marker = buf[pos]
+    op: Op
+    before: Row | None
+    after: Row | None
+    if tag == 0x49:  # 'I'
+        if marker != _NEW:
+            return None
+        after, key, pos = decode(buf, pos + 1)
+        op, before = "c", None
+    elif tag == 0x55:  # 'U'
+        if marker == _NEW:  # key unchanged: the log carried no old tuple
+            after, key, pos = decode(buf, pos + 1)
+            before = key.copy()
+        elif marker in (_KEY, _OLD):
+            old, old_key, pos = decode(buf, pos + 1)
+            before = old if marker == _OLD else old_key
+            if buf[pos] != _NEW:
+                return None
+            after, key, pos = decode(buf, pos + 1)
+        else:
+            return None
+        op = "u"
+    else:  # 'D'
+        if marker not in (_KEY, _OLD):
+            return None
+        old, key, pos = decode(buf, pos + 1)
+        op, before, after = "d", old if marker == _OLD else key, None
+    if pos != len(buf):
+        return None
+    s = rv.schema
+    return _new_event(op, s.schema, s.table, seq, key, before, after, s.version, ())
