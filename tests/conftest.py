@@ -86,14 +86,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             report.sections.append((f"{name} log {server.log_path}", tail(server.log_path, 30)))
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if exitstatus in (0, 5):
-        return
-    log_dir = session.config.stash.get(_log_dir_key, None)
-    if log_dir is not None:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"test server logs: {log_dir}")
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    """Name the log dir after a failed run (without xdist; workers' failed
+    tests carry their server log tails in their own reports)."""
+    log_dir = config.stash.get(_log_dir_key, None)
+    if exitstatus not in (0, 5) and log_dir is not None:
+        terminalreporter.write_sep("-", f"test server logs: {log_dir}")
 
 
 # -- PostgreSQL ---------------------------------------------------------------------
