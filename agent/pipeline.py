@@ -69,6 +69,10 @@ class PipelineOptions:
     batch_items: int = 256
     confirm_interval: float = 1.0  # seconds between confirmations to the source
     drain_timeout: float = 60.0
+    # A sink call (a put, a flush) that has not returned for this long means a
+    # hung endpoint: the run fails like any sink error, so the outage shows in
+    # the metrics and the pipeline is rebuilt, instead of waiting silently.
+    stall_timeout: float = 20.0
 
 
 class _SinkWorker:
@@ -78,6 +82,8 @@ class _SinkWorker:
         self.sink = sink
         self.queue: queue.Queue[object] = queue.Queue(maxsize)
         self.error: BaseException | None = None
+        # monotonic time the current call into the sink started; None when idle
+        self.busy_since: float | None = None
         self._on_fail = on_fail
         self.thread = threading.Thread(target=self._run, name=f"sink-{sink.name}", daemon=True)
 
@@ -89,6 +95,7 @@ class _SinkWorker:
                     item = self.queue.get(timeout=0.5)
                 except queue.Empty:
                     item = None
+                self.busy_since = time.monotonic()
                 if item is _STOP:
                     self.sink.flush(timeout=60.0)
                     return
@@ -99,6 +106,7 @@ class _SinkWorker:
                 if item is None or now - last_tick >= 1.0:
                     self.sink.tick()
                     last_tick = now
+                self.busy_since = None
         except BaseException as exc:
             self.error = exc
             self._on_fail()
@@ -209,7 +217,9 @@ class Pipeline:
                     # Backpressure: wait for the sink, but notice its failure.
                     self._check_workers(workers)
 
-    def _check_workers(self, workers: list[_SinkWorker]) -> None:
+    def _check_workers(self, workers: list[_SinkWorker], draining: bool = False) -> None:
+        if not draining:
+            self._check_stalled(workers)
         if not self._failed.is_set():
             return
         for w in workers:
@@ -222,6 +232,22 @@ class Pipeline:
                 raise ServiceError(
                     f"sink {w.sink.name} failed: {type(err).__name__}: {err}"
                 ) from err
+
+    def _stalled(self, w: _SinkWorker) -> bool:
+        since = w.busy_since
+        return since is not None and time.monotonic() - since > self.options.stall_timeout
+
+    def _check_stalled(self, workers: list[_SinkWorker]) -> None:
+        now = time.monotonic()
+        for w in workers:
+            since = w.busy_since
+            if since is not None and now - since > self.options.stall_timeout:
+                self.observer.sink_error(w.sink.name)
+                self.observer.sink_state(w.sink.name, False)
+                raise ServiceError(
+                    f"sink {w.sink.name}: a write has not returned for {now - since:.0f}s "
+                    "(endpoint down or hung?); holding the checkpoint and retrying"
+                )
 
     def _ack_for(self, sink: str) -> Callable[[int], None]:
         def ack(index: int) -> None:
@@ -254,7 +280,7 @@ class Pipeline:
         deadline = time.monotonic() + self.options.drain_timeout
         for w in workers:
             w.thread.join(max(0.1, deadline - time.monotonic()))
-        self._check_workers(workers)
+        self._check_workers(workers, draining=True)
         self.tracker.wait_idle(max(0.1, deadline - time.monotonic()))
         self._maybe_confirm(force=True)
         for w in workers:
@@ -278,7 +304,11 @@ class Pipeline:
                     break
             self._put_stop(w)
         for w in workers:
-            w.thread.join(5.0)
+            # A worker stuck in a hung call cannot be interrupted; waiting for
+            # it would only delay the retry (what it finishes later is harmless:
+            # nothing past the checkpoint is confirmed, readers dedupe).
+            if not self._stalled(w):
+                w.thread.join(5.0)
             try:
                 w.sink.close()
             except Exception as exc:  # closing a failed sink may fail too

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,11 @@ from connectors.kafka.producer_factory import Producer, make_producer
 from connectors.kafka.topic_names import table_topic, transactions_topic
 
 TRUNCATE_KEY_NAME = "truncate"
+# Records outstanding and no acknowledgement for this long: the broker is down
+# or hung. kafka-python would keep retrying quietly until delivery_timeout_ms;
+# failing the sink instead makes the outage visible (sink_up, sink errors)
+# while the checkpoint is held.
+DELIVERY_STALL_SECONDS = 15.0
 
 
 @dataclass
@@ -48,7 +54,13 @@ class _TxState:
 class KafkaSink:
     name = "kafka"
 
-    def __init__(self, settings: Settings, data_keys: DataKeyManager, hasher: KeyHasher) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        data_keys: DataKeyManager,
+        hasher: KeyHasher,
+        stall_seconds: float = DELIVERY_STALL_SECONDS,
+    ) -> None:
         assert settings.kafka is not None
         self.kafka: KafkaSettings = settings.kafka
         self.database = settings.source.database
@@ -65,6 +77,9 @@ class KafkaSink:
         self._ack: Callable[[int], None] = lambda i: None
         self._current: TxBegin | None = None
         self._counts: dict[str, int] = {}
+        self._stall_seconds = stall_seconds
+        self._in_flight = 0  # records sent, neither acknowledged nor failed
+        self._last_delivery = time.monotonic()  # or when in-flight last rose from 0
         self.tx_topic = transactions_topic(self.kafka.topic_prefix)
 
     # -------------------------------------------------------------- lifecycle
@@ -77,12 +92,23 @@ class KafkaSink:
 
     def close(self) -> None:
         if self._producer is not None:
-            self._producer.close(timeout=10)
+            # After a failure, waiting for a dead broker only delays the retry;
+            # unacknowledged records are not confirmed and will be sent again.
+            self._producer.close(timeout=0 if self._error is not None else 10)
         if self._admin is not None:
             self._admin.close()
 
     def tick(self) -> None:
         self._raise_if_failed()
+        with self._lock:
+            waiting = self._in_flight
+            idle = time.monotonic() - self._last_delivery
+        if waiting and idle > self._stall_seconds:
+            self._error = ServiceError(
+                f"Kafka at {','.join(self.kafka.bootstrap_servers)}: no delivery acknowledged "
+                f"for {idle:.0f}s with {waiting} record(s) outstanding (broker down or hung?)"
+            )
+            raise self._error
 
     def flush(self, timeout: float) -> None:
         assert self._producer is not None
@@ -195,12 +221,18 @@ class KafkaSink:
             headers.append(("cv-key-id", peek_data_key_id(value).encode()))
         with self._lock:
             self._txs[index].outstanding += 1
+            if self._in_flight == 0:
+                self._last_delivery = time.monotonic()
+            self._in_flight += 1
         self._producer.send(
             topic, key, value, headers, ts_ms, partition, on_delivery=self._delivery(index)
         )
 
     def _delivery(self, index: int) -> Callable[[Delivered | None, ServiceError | None], None]:
         def done(_meta: Delivered | None, error: ServiceError | None) -> None:
+            with self._lock:
+                self._in_flight -= 1
+                self._last_delivery = time.monotonic()
             if error is not None:
                 self._error = error
                 return

@@ -195,9 +195,10 @@ def assert_exactly(committed: list[list[Op]], delivered: list[Op], where: str) -
     )
 
 
-def read_events(config: Path, keys: dict[str, Path], *extra: str) -> list[dict[str, Any]]:
+def read_events(config: Path, keys: dict[str, Path], *extra: str,
+                env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     proc = cli(["events", "-c", str(config), "--private-key", str(keys["archive.key"]), *extra],
-               timeout=180)
+               env=env, timeout=180)
     assert proc.returncode == 0, proc.stderr
     return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
