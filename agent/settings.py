@@ -67,6 +67,83 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+def _identifier_parts(text: str) -> list[str]:
+    """Split on unquoted dots; a part is `"..."` (`""` inside is one `"`) or plain text."""
+    parts: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        if i < n and text[i] == '"':
+            out: list[str] = []
+            i += 1
+            while True:
+                end = text.find('"', i)
+                if end < 0:
+                    raise ValueError("a quoted name is not closed")
+                out.append(text[i:end])
+                if text.startswith('""', end):
+                    out.append('"')
+                    i = end + 2
+                    continue
+                i = end + 1
+                break
+            part = "".join(out)
+            if i < n and text[i] != ".":
+                raise ValueError(f"expected . or the end after a quoted name, found {text[i]!r}")
+        else:
+            end = text.find(".", i)
+            end = n if end < 0 else end
+            part = text[i:end]
+            if '"' in part:
+                raise ValueError('a " inside an unquoted name (quote the name, doubling the ")')
+            if part != part.strip():
+                raise ValueError("spaces around an unquoted name (quote it to keep them)")
+            i = end
+        if not part:
+            raise ValueError("an empty name")
+        if "\x00" in part:
+            raise ValueError("a NUL character")
+        parts.append(part)
+        if i >= n:
+            return parts
+        i += 1  # the separating dot
+        if i >= n:
+            raise ValueError("an empty name after the last dot")
+
+
+def parse_table_name(text: str) -> tuple[str | None, str]:
+    """`table` or `schema.table` (MySQL: `database.table`) -> (schema or None, table).
+
+    Names are taken exactly as written: no case folding, no SQL parsing. A part
+    that contains `.` or `"` or starts/ends with a space is double-quoted, with
+    `""` standing for one `"`: `"Kunden Übersicht"."order""s"`. More than one
+    unquoted dot is an error rather than a guess.
+    """
+    try:
+        parts = _identifier_parts(text)
+    except ValueError as exc:
+        raise ValueError(
+            f'expected table or schema.table (quote a name with . or " as "a.b", '
+            f'doubling " inside), found {text!r}: {exc}'
+        ) from None
+    if len(parts) > 2:
+        raise ValueError(
+            f"expected table or schema.table, found {len(parts)} dot-separated names in "
+            f'{text!r} (quote a name that contains a dot: schema."a.b")'
+        )
+    return (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def format_table_name(schema: str | None, table: str) -> str:
+    """The inverse of `parse_table_name`: quotes only the parts that need it."""
+
+    def one(part: str) -> str:
+        if "." in part or '"' in part or part != part.strip() or not part:
+            return '"' + part.replace('"', '""') + '"'
+        return part
+
+    return one(table) if schema is None else f"{one(schema)}.{one(table)}"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
@@ -111,9 +188,13 @@ class SourceSettings(_Strict):
     @classmethod
     def _tables(cls, v: list[str] | None) -> list[str] | None:
         for name in v or []:
-            if not name or (name.count(".") > 1 and not name.startswith('"')):
-                raise ValueError(f"expected schema.table or table, found {name!r}")
+            parse_table_name(name)
         return v
+
+    @property
+    def table_names(self) -> list[tuple[str | None, str]] | None:
+        """`tables` parsed: (schema or None, table), names exactly as the catalog has them."""
+        return None if self.tables is None else [parse_table_name(t) for t in self.tables]
 
     @model_validator(mode="after")
     def _scheme_matches_type(self) -> SourceSettings:

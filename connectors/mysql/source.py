@@ -14,7 +14,7 @@ import pymysql
 
 from agent.errors import PositionLostError, ServiceError, UsageError
 from agent.events import Heartbeat, Position, Transaction
-from agent.settings import Settings
+from agent.settings import Settings, parse_table_name
 from connectors.base import CheckResult
 from connectors.mysql import checks as server_checks
 from connectors.mysql.binlog_reader import (
@@ -61,7 +61,7 @@ class MySQLSource:
             return None
         out = set()
         for name in names:
-            db, _, table = name.rpartition(".")
+            db, table = parse_table_name(name)  # validated by the settings already
             out.add((db or self.database, table))
         return frozenset(out)
 

@@ -19,6 +19,7 @@ import psycopg
 from psycopg import sql
 
 from agent.errors import PositionLostError, ServiceError, UsageError
+from agent.settings import parse_table_name
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ PUBLICATION_MARKER = "created by changevault"
 _CREATED_FILE = "postgres-created.json"
 
 Conn = psycopg.Connection[Any]
+# The schema of a `source.tables` entry written without one.
+DEFAULT_SCHEMA = "public"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,15 +111,27 @@ def user_tables(conn: Conn) -> list[TableRef]:
 
 
 def resolve_tables(conn: Conn, names: list[str]) -> list[TableRef]:
-    """The configured `schema.table` names as catalog entries; unknown names are exit 2."""
+    """The configured `schema.table` names as catalog entries; unknown names are exit 2.
+
+    Names are compared exactly (see `parse_table_name`: no case folding, no
+    search_path); a name without a schema means `public`.
+    """
     refs = []
     for name in names:
+        try:
+            schema, table = parse_table_name(name)
+        except ValueError as exc:
+            raise UsageError(f"source.tables: {exc}") from None
         row = conn.execute(
-            _TABLE_COLUMNS + sql.SQL(" WHERE c.oid = to_regclass(%s) AND c.relkind IN ('r', 'p')"),
-            (name,),
+            _TABLE_COLUMNS
+            + sql.SQL(" WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')"),
+            (schema or DEFAULT_SCHEMA, table),
         ).fetchone()
         if row is None:
-            raise UsageError(f"source.tables: expected an existing table, found no table {name!r}")
+            raise UsageError(
+                f"source.tables: expected an existing table, found no table {name!r} "
+                f"(schema {schema or DEFAULT_SCHEMA!r}, table {table!r}; names are case-sensitive)"
+            )
         refs.append(_ref(row))
     return refs
 
