@@ -18,6 +18,7 @@ from bench.agent_runs import (
     peak_rss_mb,
     wait_checkpoint,
 )
+from bench.sampling_profile import AgentProfile
 from bench.servers import BenchServers
 from connectors.kafka import TopicAdmin, table_topic, topic_specs
 from connectors.kafka.producer_factory import make_producer
@@ -32,29 +33,33 @@ class CaptureRun:
     archive_bytes: int
     peak_rss_mb: float | None
     value_sizes: list[int]
+    profile: str | None = None
 
     @property
     def rows_per_s(self) -> float:
         return self.changes / self.seconds
 
 
-def measure_capture(servers: BenchServers, name: str, producer: str, n_tx: int) -> CaptureRun:
+def measure_capture(servers: BenchServers, name: str, producer: str, n_tx: int,
+                    profile: bool = False) -> CaptureRun:
     """The agent runs caught up; the workload is committed; time until the checkpoint
     (every sink durable) passes its end. Starts with the workload, so no process start."""
     run = new_agent_run(servers, name, producer)
     try:
         run.start()
         archive_before = dir_bytes(run.archive)
+        sampler = AgentProfile(run.pid, run.state.parent / "py-spy.raw") if profile else None
         with servers.pg.connect(run.dbname) as conn:
             started = time.monotonic()
             workload.run_mixed(conn, 0, n_tx)
             end = workload.current_lsn(conn)
         finished = wait_checkpoint(run, end, timeout=3600, poll=0.05)
+        frames = sampler.stop() if sampler is not None else None
         rss = peak_rss_mb(run.pid)
         run.stop()
         sizes = sample_value_sizes(run)
         return CaptureRun(producer, n_tx * workload.ROWS_PER_TX, finished - started,
-                          dir_bytes(run.archive) - archive_before, rss, sizes)
+                          dir_bytes(run.archive) - archive_before, rss, sizes, frames)
     finally:
         drop_agent_run(servers, run)
 

@@ -101,22 +101,23 @@ def git_commit() -> str | None:
         return None
 
 
-def write(values: Values, notes: dict[str, str], meta: dict[str, Any], profile: str | None,
-          runs: dict[str, list[float]]) -> Path:
+def write(values: Values, notes: dict[str, str], meta: dict[str, Any],
+          profiles: dict[str, str | None], runs: dict[str, list[float]],
+          results: Path = RESULTS) -> Path:
     """Write latest.json/.md and a dated copy in history/; returns latest.json's path."""
     doc: dict[str, Any] = {key: _round(values.get(key)) for key in ALL_KEYS}
     met = {t.keys[-1] if len(t.keys) == 1 else t.keys[0]: t.met(values) for t in TARGETS}
     doc.update({"notes": {k: v for k, v in notes.items()}, "targets_met": met,
                 "runs": {k: [_round(x) for x in v] for k, v in runs.items()}, "meta": meta,
-                "profile_top_frames": profile})
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "history").mkdir(exist_ok=True)
+                "profile_top_frames": profiles})
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "history").mkdir(exist_ok=True)
     text = json.dumps(doc, indent=2, default=str) + "\n"
-    (RESULTS / "latest.json").write_text(text)
+    (results / "latest.json").write_text(text)
     stamp = meta["date"].replace(":", "").replace("-", "")[:15]
-    (RESULTS / "history" / f"{stamp}-{meta['mode']}.json").write_text(text)
-    (RESULTS / "latest.md").write_text(markdown(doc))
-    return RESULTS / "latest.json"
+    (results / "history" / f"{stamp}-{meta['mode']}.json").write_text(text)
+    (results / "latest.md").write_text(markdown(doc))
+    return results / "latest.json"
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -143,9 +144,9 @@ def markdown(doc: dict[str, Any]) -> str:
     if doc["runs"]:
         out += ["", "## Every run (the table shows medians)", ""]
         out += [f"- `{k}`: {v}" for k, v in doc["runs"].items()]
-    if doc.get("profile_top_frames"):
-        out += ["", "## Hottest path (cProfile, by own time)", "",
-                meta.get("profile_what", ""), "", "```", doc["profile_top_frames"], "```"]
+    for name, frames in (doc.get("profile_top_frames") or {}).items():
+        out += ["", f"## Hottest path: {name}", "", meta["profile_what"].get(name, ""), "",
+                "```", frames or "not profiled", "```"]
     return "\n".join(out) + "\n"
 
 

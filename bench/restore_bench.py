@@ -91,13 +91,14 @@ def measure_restore(servers: BenchServers, run: AgentRun, rows: int, end_lsn: st
               "--private-key", str(run.keys["archive.key"])]
     seconds, _read, proc = _cli(["restore", *common, "--target-schema", "bench_restore"])
     if proc.returncode != 0:
-        for key in keys:
+        for key in keys[:2]:
             result.values[key] = None
-            result.notes[key] = f"restore failed ({proc.returncode}): {proc.stderr.strip()[-300:]}"
-        return
-    restore_rate = rows / seconds
-    result.values["restore_rows_per_s"] = restore_rate
-    result.values["restore_ratio"] = restore_rate / copy_rate
+            result.notes[key] = f"restore failed ({proc.returncode}, after {seconds:.0f} s): " \
+                                f"{proc.stderr.strip()[-300:]}"
+    else:
+        restore_rate = rows / seconds
+        result.values["restore_rows_per_s"] = restore_rate
+        result.values["restore_ratio"] = restore_rate / copy_rate
     base_s, base_read, _ = _cli(["--help"])  # process start and imports, subtracted below
     seconds, read, proc = _cli(["restore", *common, "--target-schema", "bench_entity",
                                 "--entity", f"public.{workload.TABLE}.id=4242"])

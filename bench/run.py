@@ -45,7 +45,7 @@ class Plan:
     big_tx_rows: int
 
 
-QUICK = Plan("quick", 1, 300, 100, 200, 100, 20_000, 5_000, 10, 20, 200_000)
+QUICK = Plan("quick", 1, 300, 100, 200, 50, 20_000, 5_000, 6, 10, 200_000)
 FULL = Plan("full", 3, 10_000, 1_000, 1_000, 300, 100_000, 20_000, 60, 30, 1_000_000)
 
 
@@ -56,7 +56,7 @@ class Bench:
         self.values: dict[str, Any] = {}
         self.notes: dict[str, str] = {}
         self.runs: dict[str, list[float]] = {}
-        self.profile: str | None = None
+        self.profiles: dict[str, str | None] = {}
         self.failed: list[str] = []
         self._seq = 0
 
@@ -105,7 +105,7 @@ class Bench:
             f"{changes:,} changes per run; {1e6 / a:.1f} us/row; walsender CPU "
             f"{statistics.median(ours_cpu):.2f} s (ours) vs {statistics.median(peer_cpu):.2f} s "
             f"(pg_recvlogical)")
-        _, self.profile = pg_decode.measure(self.servers.pg, self.servers.workdir, self._next(),
+        _, self.profiles["decode"] = pg_decode.measure(self.servers.pg, self.servers.workdir, self._next(),
                                             self.plan.profile_tx, profile=True)
 
     def _next(self) -> int:
@@ -113,8 +113,10 @@ class Bench:
         return self._seq
 
     def capture(self) -> None:
-        runs = [capture.measure_capture(self.servers, self.name("cap"), FAST, self.plan.capture_tx)
-                for _ in range(self.plan.repeats)]
+        runs = [capture.measure_capture(self.servers, self.name("cap"), FAST, self.plan.capture_tx,
+                                        profile=i == 0) for i in range(self.plan.repeats)]
+        self.profiles["agent"] = runs[0].profile or (
+            "not profiled: py-spy is not installed (pip install py-spy)")
         rate = self.median_of("pg_capture_rows_per_s", [r.rows_per_s for r in runs])
         changes = sum(r.changes for r in runs)
         self.values["archive_bytes_per_change"] = sum(r.archive_bytes for r in runs) / changes
@@ -200,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["decode", "capture", "latency", "big", "mysql"],
                         help="run only these phases (repeatable); results still list every key")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    log.setLevel(logging.INFO)  # our progress lines, not every client library's
     plan = QUICK if args.quick else FULL
     started = time.monotonic()
     meta: dict[str, Any] = {"mode": plan.mode, "date": report.now_iso(),
@@ -232,13 +235,18 @@ def main(argv: list[str] | None = None) -> int:
             bench.phase(title, keys, body)
     meta["seconds"] = time.monotonic() - started
     meta["workloads"] = WORKLOADS
-    meta["profile_what"] = (
-        f"PostgresSource decoding {plan.profile_tx * workload.ROWS_PER_TX:,} mixed changes "
-        "(replication read + pgoutput + typed values + ChangeEvent), in-process")
+    meta["profile_what"] = {
+        "agent": f"py-spy on `changevault run` (confluent-kafka) during the first capture run "
+                 f"({plan.capture_tx * workload.ROWS_PER_TX:,} mixed changes), all threads",
+        "decode": f"cProfile of PostgresSource decoding {plan.profile_tx * workload.ROWS_PER_TX:,}"
+                  " mixed changes (replication read + pgoutput + typed values + ChangeEvent), "
+                  "in-process, by own time"}
     for key in report.ALL_KEYS:
         if bench.values.get(key) is None and key not in bench.notes:
             bench.notes[key] = "not measured"
-    path = report.write(bench.values, bench.notes, meta, bench.profile, bench.runs)
+    # A partial run must not replace the committed results.
+    results = report.RESULTS / "partial" if args.only else report.RESULTS
+    path = report.write(bench.values, bench.notes, meta, bench.profiles, bench.runs, results)
     print(f"wrote {path} and {path.with_suffix('.md')} in {meta['seconds']:.0f} s")
     if bench.failed:
         print(f"phases that failed: {', '.join(bench.failed)}", file=sys.stderr)

@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 from agent.errors import ServiceError
@@ -72,6 +71,43 @@ def confluent_config(
     }
 
 
+class DeliveryFuture:
+    """The outcome of one send, future-like (`result`, `done`), cheaper than
+    concurrent.futures.Future: no Condition per record, an Event only when waited on."""
+
+    __slots__ = ("_done", "_error", "_event", "_lock", "_value")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self._done = False
+        self._value: Delivered | None = None
+        self._error: ServiceError | None = None
+        self._event: threading.Event | None = None
+
+    def _settle(self, value: Delivered | None, error: ServiceError | None) -> None:
+        with self._lock:
+            self._value, self._error, self._done = value, error, True
+            event = self._event
+        if event is not None:
+            event.set()
+
+    def done(self) -> bool:
+        return self._done
+
+    def result(self, timeout: float | None = None) -> Delivered:
+        """The Delivered record; raises its ServiceError, or TimeoutError."""
+        with self._lock:
+            if not self._done and self._event is None:
+                self._event = threading.Event()
+            event = None if self._done else self._event
+        if event is not None and not event.wait(timeout):
+            raise TimeoutError(f"record not acknowledged within {timeout}s")
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
 class ConfluentRecordProducer:
     """Sends raw (already sealed) records; the caller tracks durability per future."""
 
@@ -92,6 +128,7 @@ class ConfluentRecordProducer:
         self.settings = settings
         self._tuning = tuning or ProducerTuning()
         self._fatal: ServiceError | None = None
+        self._futures_lock = threading.Lock()  # shared by this producer's DeliveryFutures
         config = confluent_config(settings, self._tuning, client_id)
         config["error_cb"] = self._on_error
         # librdkafka's own log lines go through logging (served by poll()), not stderr.
@@ -125,8 +162,8 @@ class ConfluentRecordProducer:
         timestamp_ms: int,
         partition: int | None = None,
         on_delivery: Callable[[Delivered | None, ServiceError | None], None] | None = None,
-    ) -> Future[Delivered]:
-        """Queue one record; `value=None` is a tombstone. Returns a Future of its Delivered.
+    ) -> DeliveryFuture:
+        """Queue one record; `value=None` is a tombstone. Returns its DeliveryFuture.
 
         `on_delivery(delivered, None)` runs once the record is acknowledged by
         all in-sync replicas, `on_delivery(None, error)` if it finally failed;
@@ -134,18 +171,18 @@ class ConfluentRecordProducer:
         """
         if self._fatal is not None:
             raise self._fatal
-        future: Future[Delivered] = Future()
+        future = DeliveryFuture(self._futures_lock)
         settings = self.settings
 
         def report(err: Any, msg: Any) -> None:
             if err is not None:
                 error = kafka_error(settings, f"delivering to {topic}", _KafkaFailure(err))
-                future.set_exception(error)
+                future._settle(None, error)
                 if on_delivery is not None:
                     on_delivery(None, error)
                 return
             delivered = Delivered(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1])
-            future.set_result(delivered)
+            future._settle(delivered, None)
             if on_delivery is not None:
                 on_delivery(delivered, None)
 
