@@ -319,17 +319,14 @@ class EventBuilder:
         relid_at = 5 if in_stream else 1
         seq = 0
         for payload in payloads:
-            if payload[0] in _ROW_TAGS:
-                try:
-                    event = _compiled_event(
-                        current.get(_U32(payload, relid_at)[0]), payload, relid_at + 4, seq
-                    )
-                except Exception:  # the general path below decodes it, or says why not
-                    event = None
-                if event is not None:
-                    yield event
-                    seq += 1
-                    continue
+            try:
+                event = _compiled_event(current, payload, relid_at, seq)
+            except Exception:  # the general path below decodes it, or says why not
+                event = None
+            if event is not None:
+                yield event
+                seq += 1
+                continue
             events = self._message_events(
                 decode_message(payload, in_stream=in_stream), seq, lsn, new_schemas
             )
@@ -362,14 +359,18 @@ _NEW, _KEY, _OLD = 0x4E, 0x4B, 0x4F  # 'N', 'K', 'O' before a TupleData
 
 
 def _compiled_event(
-    rv: RelationVersion | None, buf: bytes, pos: int, seq: int
+    versions: Mapping[int, RelationVersion], buf: bytes, relid_at: int, seq: int
 ) -> ChangeEvent | None:
-    """An Insert/Update/Delete (tag at buf[0], tuple marker at `pos`) decoded by the
-    relation's compiled decoder; the same event EventBuilder.insert/update/delete
-    builds. None, or an exception, sends the message to the general path."""
+    """An Insert/Update/Delete decoded by its relation's compiled decoder: the same
+    event EventBuilder.insert/update/delete builds. None, or an exception, sends
+    the message to the general path (other messages, other relations, odd rows)."""
+    tag = buf[0]
+    if tag not in _ROW_TAGS:
+        return None
+    rv = versions.get(_U32(buf, relid_at)[0])
     if rv is None or (decode := rv.row_decoder) is None:
         return None
-    tag = buf[0]
+    pos = relid_at + 4
     marker = buf[pos]
     op: Op
     before: Row | None
