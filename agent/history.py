@@ -63,13 +63,18 @@ def archive_events(
             if _wanted(json.loads(env), tables):
                 yield env
         start = snap.position.sort_key
-        segments = [
-            e
-            for e in segments
-            if (p := entry_position(e, "last_position")) is None
-            or p.sort_key > start
-            or e.body.get("tx_ends", 0) == 0
-        ]
+        # Skip segments wholly before the snapshot, but keep the one before the
+        # first later segment: a transaction that ends after the snapshot may
+        # have begun there.
+        first = next(
+            (
+                i
+                for i, e in enumerate(segments)
+                if (p := entry_position(e, "last_position")) is None or p.sort_key > start
+            ),
+            len(segments),
+        )
+        segments = segments[max(0, first - 1) :]
     else:
         start = None
     for tx in reader.transactions(segments):

@@ -47,7 +47,8 @@ def cli(args: Sequence[str], env: dict[str, str] | None = None, timeout: float =
     return subprocess.run(
         [sys.executable, "-m", "agent.cli", *args],
         capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})},
+        # Tracebacks only for exit 1 (a bug), so a flaky failure can be diagnosed.
+        env={**os.environ, "CV_TRACEBACK": "1", **(env or {})},
     )
 
 
