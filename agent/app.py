@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 
 from agent.archive import catalog
@@ -34,18 +35,20 @@ from agent.crypto.datakeys import DataKeyManager
 from agent.crypto.keyfiles import load_keyhash_key, load_recipient_public, load_signing_key
 from agent.crypto.keyhash import KeyHasher
 from agent.envelope import EnvelopeEncoder
-from agent.errors import PositionLostError, ServiceError, UsageError
+from agent.errors import ConfigError, PositionLostError, ServiceError, UsageError
 from agent.events import Position
 from agent.http import HealthServer, ProgressWatch, Verdict
+from agent.logs import configure_logging
 from agent.metrics import Metrics
 from agent.pipeline import Pipeline
+from agent.reload import ReloadPlan, keep_running_value, plan_reload
 from agent.retry import Backoff
 from agent.scheduler import (
     SnapshotOutcome,
     SnapshotScheduler,
 )
 from agent.sdnotify import SystemdNotifier
-from agent.settings import Settings
+from agent.settings import Settings, load_settings
 from connectors.base import Sink, SnapshotReader, Source
 from connectors.storage.lease import LeaseHeld, LeaseLost
 
@@ -97,6 +100,12 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stop = threading.Event()
+        # Set by SIGHUP; the control thread does the reload.
+        self.reload_requested = threading.Event()
+        # Ends the current pipeline only: set on stop and when a reload needs a
+        # rebuild (the loop then builds a new one from the checkpoint).
+        self._pipeline_stop = threading.Event()
+        self._ready_sent = False
         enc = settings.encryption
         if enc.signing_key_file is None:
             raise UsageError(f"{settings.origin}: encryption.signing_key_file is required for run")
@@ -136,6 +145,8 @@ class App:
         # The scheduled snapshot in progress (its held xmin is a metric).
         self._active_snapshot: SnapshotReader | None = None
         self.scheduler: SnapshotScheduler | None = None
+        self.retention_requests: RetentionRequests | None = None
+        self.http: HealthServer | None = None
 
     # ------------------------------------------------------------ metrics
 
@@ -188,15 +199,14 @@ class App:
     def run(self) -> int:
         self._install_signals()
         self._bind_metrics()
-        server = HealthServer(
-            self.settings.metrics_listen, self.metrics, self._liveness, self._streaming
-        )
-        server.start()
+        self.http = self._health_server(self.settings.metrics_listen)
+        self.http.start()
+        control = threading.Thread(target=self._control, name="control", daemon=True)
         try:
+            self.notifier.status("opening the archive")
             self.writer.open()
             self._read_archive_state()
-            self.notifier.ready("starting capture")
-            threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
+            control.start()
             self.scheduler = self._build_scheduler()
             self.scheduler.start()
             backoff = Backoff(initial=1.0, maximum=60.0)
@@ -213,13 +223,16 @@ class App:
                     log.warning("capture interrupted: %s; retrying in %.1fs", exc, delay)
                     self.metrics.count_reconnect("pipeline")
                     self.stop.wait(delay)
-            self.notifier.stopping("stopped")
             return 0
         except PositionLostError:
             self.position_lost = True
             raise
         finally:
-            self.stop.set()
+            self._request_stop()
+            if control.ident is not None:
+                control.join(5.0)  # it sends STOPPING=1
+            else:
+                self.notifier.stopping("stopping")
             if self.scheduler is not None:
                 # A snapshot stops at its next part; it must not append after
                 # the lease is released.
@@ -227,14 +240,27 @@ class App:
             if self.source is not None:
                 self.source.close()
             self.writer.close()
-            server.stop()
+            if self.http is not None:
+                self.http.stop()
+
+    def _health_server(self, listen: str) -> HealthServer:
+        return HealthServer(listen, self.metrics, self._liveness, self._streaming)
 
     def _attempt(self) -> None:
+        # A fresh pipeline stop for this attempt; a stop already requested holds.
+        self._pipeline_stop = threading.Event()
+        if self.stop.is_set():
+            self._pipeline_stop.set()
         cp = self.checkpoints.load(self.source_id) or self._checkpoint_from_archive()
         source = build_source(self.settings)
         self.source = source
         try:
+            self.notifier.status("starting the source")
             snapshot = source.start(cp.position if cp else None)
+            # Start-up checks passed: the archive is open (lease held) and the
+            # source has our position. READY now, not after the initial
+            # snapshot, which can take longer than any start timeout.
+            self._announce_ready()
             if snapshot is not None:
                 self._initial_snapshot(snapshot)
                 cp = self.checkpoints.load(self.source_id)
@@ -244,13 +270,13 @@ class App:
                 sinks,
                 self.encoder,
                 self._save_checkpoint,
-                self.stop,
+                self._pipeline_stop,
                 observer=_MetricsObserver(self.metrics, [s.name for s in sinks]),
             )
             self.pipeline = pipeline
             for s in sinks:
                 self._sinks_up[s.name] = True
-            self.notifier.status("streaming")
+            self.notifier.status(self._status_line())
             pipeline.run()
         finally:
             self.pipeline = None
@@ -268,6 +294,7 @@ class App:
         requests = RetentionRequests(
             self.writer, self.settings.retention, on_horizon=self._horizon_recorded
         )
+        self.retention_requests = requests
         return SnapshotScheduler(
             self.settings.snapshot_interval.total_seconds(),
             self.settings.state_dir,
@@ -403,6 +430,23 @@ class App:
         self._checkpoint_ts = time.time()
         self.progress.beat("checkpoint")
 
+    # ------------------------------------------- systemd, signals, reload
+
+    def _announce_ready(self) -> None:
+        if self._ready_sent:
+            return
+        self._ready_sent = True
+        self.notifier.ready("start-up checks passed")
+        threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
+
+    def _status_line(self) -> str:
+        p = self.pipeline
+        if p is None:
+            return "starting the pipeline"
+        d = p.tracker.durable
+        where = d.position.text if d is not None else "none yet"
+        return f"streaming; checkpoint {where}; lag {self._lag():.1f}s"
+
     def _watchdog(self) -> None:
         """Feed systemd's watchdog only while the pipeline makes progress."""
         interval = self.notifier.watchdog_interval()
@@ -411,6 +455,81 @@ class App:
         while not self.stop.wait(interval):
             if self._liveness().ok:
                 self.notifier.watchdog()
+
+    def _control(self) -> None:
+        """Acts on the flags the signal handlers set; reports progress in STATUS=."""
+        next_status = time.monotonic() + 5.0
+        while not self.stop.wait(0.2):
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+            if time.monotonic() >= next_status and self.pipeline is not None:
+                next_status = time.monotonic() + 5.0
+                self.notifier.status(self._status_line())
+        log.info("stopping: finishing in-flight work")
+        self.notifier.stopping("stopping: finishing in-flight work")
+
+    def reload(self) -> ReloadPlan | None:
+        """Re-read the configuration file; apply what is safe, report the rest."""
+        self.notifier.reloading()
+        try:
+            return self._reload()
+        finally:
+            status = self._status_line() + "; configuration reloaded"
+            # READY=1 ends the reload; before start-up READY it would claim too much.
+            if self._ready_sent:
+                self.notifier.ready(status)
+            else:
+                self.notifier.status(status)
+
+    def _reload(self) -> ReloadPlan | None:
+        running = self.settings
+        try:
+            new = load_settings(Path(running.origin))
+        except ConfigError as exc:
+            log.error("reload rejected, keeping the running configuration: %s", exc)
+            return None
+        plan = plan_reload(running, new)
+        if plan.restart:
+            log.warning(
+                "reload: changed but applied only by a restart (running values kept): %s",
+                ", ".join(plan.restart),
+            )
+        settings = plan.settings
+        if "metrics_listen" in plan.live:
+            settings = self._move_http(settings, running)
+        if {"log_format", "log_level"} & set(plan.live):
+            configure_logging(settings.log_format, settings.log_level)
+        if self.scheduler is not None:
+            self.scheduler.interval = settings.snapshot_interval.total_seconds()
+        if self.retention_requests is not None:
+            self.retention_requests.retention = settings.retention
+        self.metrics.set_retention(settings.retention.total_seconds())
+        self.settings = settings
+        applied = plan.live + plan.rebuild
+        log.info("reload: applied %s", ", ".join(applied) if applied else "no changes")
+        if plan.rebuild:
+            # Drains and confirms like a stop; the loop rebuilds from the checkpoint.
+            log.info("reload: rebuilding the pipeline from the checkpoint")
+            self._pipeline_stop.set()
+        return plan
+
+    def _move_http(self, settings: Settings, running: Settings) -> Settings:
+        """Listen on the new address first; on failure keep the old one."""
+        server = self._health_server(settings.metrics_listen)
+        try:
+            server.start()
+        except ServiceError as exc:
+            log.error("reload: %s; keeping %s", exc, running.metrics_listen)
+            return keep_running_value(settings, running, "metrics_listen")
+        old, self.http = self.http, server
+        if old is not None:
+            old.stop()
+        return settings
+
+    def _request_stop(self) -> None:
+        self.stop.set()
+        self._pipeline_stop.set()
 
     def _read_archive_state(self) -> None:
         """Snapshot and install times from the catalog, for the metrics."""
@@ -436,10 +555,14 @@ class App:
         return p is not None and p.streaming
 
     def _install_signals(self) -> None:
+        # Handlers only set flags: the pipeline and the control thread act.
         def on_stop(signum: int, frame: FrameType | None) -> None:
-            log.info("signal %s: finishing in-flight work", signum)
-            self.stop.set()
+            self._request_stop()
+
+        def on_reload(signum: int, frame: FrameType | None) -> None:
+            self.reload_requested.set()
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_stop)
             signal.signal(signal.SIGINT, on_stop)
+            signal.signal(signal.SIGHUP, on_reload)
