@@ -52,13 +52,13 @@ _log_dir_key = pytest.StashKey[Path]()
 
 
 @pytest.fixture(scope="session")
-def server_log_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
+def server_log_dir(request: pytest.FixtureRequest) -> Path:
     """Where every server started by this process (or xdist worker) logs.
 
     A private dir under $CV_TEST_LOG_DIR (default: the system temp dir), not
     pytest's basetemp, which keeps only the last three runs of *any* pytest
-    on the machine. Deleted after a session without failures unless
-    CV_TEST_KEEP_LOGS is set. A test that starts a dedicated server should
+    on the machine. Deleted after a successful session (see
+    pytest_sessionfinish) unless CV_TEST_KEEP_LOGS is set. A test that starts a dedicated server should
     pass this as its log_dir.
     """
     root = Path(os.environ.get("CV_TEST_LOG_DIR") or tempfile.gettempdir())
@@ -66,9 +66,7 @@ def server_log_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     log_dir = Path(tempfile.mkdtemp(prefix=f"cv-test-logs-{worker}-", dir=root))
     request.config.stash[_log_dir_key] = log_dir
-    yield log_dir
-    if request.session.testsfailed == 0 and not os.environ.get("CV_TEST_KEEP_LOGS"):
-        shutil.rmtree(log_dir, ignore_errors=True)
+    return log_dir
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -84,6 +82,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         server: _Logged | None = funcargs.get(name)
         if server is not None:
             report.sections.append((f"{name} log {server.log_path}", tail(server.log_path, 30)))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Delete the server logs after a clean session; keep them after failures
+    and interruptions. trylast: runs after the servers were torn down."""
+    log_dir = session.config.stash.get(_log_dir_key, None)
+    clean = exitstatus in (0, 5) and session.testsfailed == 0
+    if log_dir is not None and clean and not os.environ.get("CV_TEST_KEEP_LOGS"):
+        shutil.rmtree(log_dir, ignore_errors=True)
 
 
 def pytest_terminal_summary(

@@ -26,6 +26,7 @@ from tests.servers.processes import (
     ServerStartError,
     free_port,
     log_mentions,
+    run_setup,
     spawn,
     tail,
     terminate,
@@ -207,9 +208,9 @@ class MariaDBServer:
 
     def _install(self) -> None:
         self.binlog_dir.mkdir(exist_ok=True)
-        result = subprocess.run(
+        returncode, output = run_setup(
             [
-                str(self._install_db),
+                self._install_db,
                 "--no-defaults",
                 f"--datadir={self.data_dir}",
                 "--auth-root-authentication-method=normal",
@@ -217,15 +218,10 @@ class MariaDBServer:
                 "--innodb-log-file-size=16M",
                 "--innodb-buffer-pool-size=32M",
                 *self._user_args(),
-            ],
-            capture_output=True,
-            check=False,
+            ]
         )
-        if result.returncode != 0:
-            output = (result.stdout + result.stderr).decode(errors="replace").strip()
-            raise ServerStartError(
-                f"mariadb-install-db exited with {result.returncode}: {output[-2000:]}"
-            )
+        if returncode != 0:
+            raise ServerStartError(f"mariadb-install-db exited with {returncode}: {output[-2000:]}")
 
     def _start_once(self) -> None:
         self._log = self.log_path.open("ab")

@@ -31,6 +31,7 @@ from tests.servers.processes import (
     free_port,
     log_mentions,
     require_executable,
+    run_setup,
     spawn,
     tail,
     terminate,
@@ -236,9 +237,9 @@ class PostgresServer:
             directory.mkdir(exist_ok=True)
             self._chown(directory)
         initdb = require_executable(self.bin_dir / "initdb", INSTALL_HINT)
-        result = subprocess.run(
+        returncode, output = run_setup(
             [
-                str(initdb),
+                initdb,
                 "-D", str(self.data_dir),
                 "-U", self.superuser,
                 "--auth=trust",
@@ -247,17 +248,10 @@ class PostgresServer:
                 "--encoding=UTF8",
                 "--locale=C",
             ],
-            capture_output=True,
             user=self._user,
-            group=self._user,
-            extra_groups=[] if self._user is not None else None,
-            check=False,
         )  # fmt: skip
-        if result.returncode != 0:
-            raise ServerStartError(
-                f"initdb exited with {result.returncode}: "
-                f"{result.stderr.decode(errors='replace').strip()}"
-            )
+        if returncode != 0:
+            raise ServerStartError(f"initdb exited with {returncode}: {output[-2000:]}")
         hba = (
             "local all all trust\n"
             "local replication all trust\n"

@@ -94,6 +94,36 @@ def spawn(
     )
 
 
+def run_setup(
+    argv: Sequence[str | os.PathLike[str]], *, user: str | None = None, timeout: float = 120
+) -> tuple[int, str]:
+    """Run a setup tool (initdb, mariadb-install-db) to completion: (exit code, output).
+
+    Its own process group, killed whole on any interruption: these tools run
+    a bootstrap server as a child, which would otherwise keep writing into a
+    data dir we are deleting.
+    """
+    process = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        user=user,
+        group=user,
+        extra_groups=[] if user is not None else None,
+        start_new_session=True,
+        preexec_fn=_die_with_parent(signal.SIGKILL),
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+    return process.returncode, output.decode(errors="replace").strip()
+
+
 def wait_until(
     ready: Callable[[], bool],
     *,
