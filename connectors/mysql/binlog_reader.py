@@ -35,7 +35,7 @@ from connectors.mysql.gtid import (
     parse_gtid_state,
 )
 from connectors.mysql.row_decoder import Row, RowDecoder, parse_rows_header
-from connectors.mysql.schema_history import SchemaHistory
+from connectors.mysql.schema_history import TABLE_NAME, SchemaHistory, split_table_name
 from connectors.mysql.spool import EventSpool
 from connectors.mysql.table_map import TableMap, parse_table_id, parse_table_map
 from connectors.mysql.types import codec_for_charset
@@ -311,10 +311,8 @@ class BinlogReader:
                 f"{q.sql[:120]!r}")
 
     def _mentions_captured(self, q: ev.Query) -> bool:
-        for m in re.finditer(r"(?:`([^`]+)`|([\w$]+))(?:\s*\.\s*(?:`([^`]+)`|([\w$]+)))?", q.sql):
-            first = m.group(1) or m.group(2)
-            second = m.group(3) or m.group(4)
-            db, table = (first, second) if second else (q.database, first)
+        for m in re.finditer(TABLE_NAME, q.sql):
+            db, table = split_table_name(m.groups(), q.database)
             if self.config.captured(db, table):
                 return True
         return False

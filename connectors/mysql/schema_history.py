@@ -28,25 +28,32 @@ FILE_NAME = "mysql-schema-history.json"
 _INT_NAMES = {tm.T_TINY: "tinyint", tm.T_SHORT: "smallint", tm.T_INT24: "mediumint",
               tm.T_LONG: "int", tm.T_LONGLONG: "bigint"}
 _BLOB_SIZES = {1: "tiny", 2: "", 3: "medium", 4: "long"}
-_JSON_DECL = re.compile(r"`?([\w$]+)`?\s+json\b", re.IGNORECASE)
-_DROP_COL = re.compile(r"\bdrop\s+(?:column\s+)?(?:if\s+exists\s+)?`?([\w$]+)`?", re.IGNORECASE)
+# An identifier: backtick-quoted (a doubled backtick inside is one backtick) or bare.
+_IDENT = r"(?:`((?:[^`]|``)+)`|([\w$]+))"
+_JSON_DECL = re.compile(_IDENT + r"\s+json\b", re.IGNORECASE)
+_DROP_COL = re.compile(r"\bdrop\s+(?:column\s+)?(?:if\s+exists\s+)?" + _IDENT, re.IGNORECASE)
 _MODIFY_COL = re.compile(
-    r"\b(?:modify\s+(?:column\s+)?(?:if\s+exists\s+)?`?([\w$]+)`?|"
-    r"change\s+(?:column\s+)?(?:if\s+exists\s+)?`?[\w$]+`?\s+`?([\w$]+)`?)\s+(\w+)",
+    r"\b(?:modify\s+(?:column\s+)?(?:if\s+exists\s+)?" + _IDENT + r"|"
+    r"change\s+(?:column\s+)?(?:if\s+exists\s+)?" + _IDENT + r"\s+" + _IDENT + r")\s+(\w+)",
     re.IGNORECASE)
-_NAME = r"(?:`([^`]+)`|([\w$]+))(?:\.(?:`([^`]+)`|([\w$]+)))?"
+TABLE_NAME = _IDENT + r"(?:\s*\.\s*" + _IDENT + r")?"
 _DDL = re.compile(
     r"^\s*(?:/\*.*?\*/\s*)*(?:(create|alter|drop|rename)\s+(?:or\s+replace\s+)?"
     r"(?:temporary\s+)?(?:online\s+)?(?:ignore\s+)?table|(truncate)(?:\s+table)?)\s+"
-    r"(?:if\s+(?:not\s+)?exists\s+)?" + _NAME,
+    r"(?:if\s+(?:not\s+)?exists\s+)?" + TABLE_NAME,
     re.IGNORECASE | re.DOTALL)
-_RENAME_PAIR = re.compile(_NAME + r"\s+to\s+" + _NAME, re.IGNORECASE)
+_RENAME_PAIR = re.compile(TABLE_NAME + r"\s+to\s+" + TABLE_NAME, re.IGNORECASE)
 
 
-def _split_name(groups: tuple[str | None, ...], default_db: str) -> tuple[str, str]:
-    first = groups[0] or groups[1] or ""
-    second = groups[2] or groups[3]
-    return (first, second) if second else (default_db, first)
+def _ident(quoted: str | None, bare: str | None) -> str:
+    return quoted.replace("``", "`") if quoted is not None else bare or ""
+
+
+def split_table_name(groups: tuple[str | None, ...], default_db: str) -> tuple[str, str]:
+    first = _ident(groups[0], groups[1])
+    if groups[2] is None and groups[3] is None:
+        return default_db, first
+    return first, _ident(groups[2], groups[3])
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +73,13 @@ def parse_ddl(sql: str, default_db: str) -> DDLStatement | None:
         pairs: list[tuple[str, str]] = []
         for p in _RENAME_PAIR.finditer(body):
             g = p.groups()
-            pairs += [_split_name(g[:4], default_db), _split_name(g[4:], default_db)]
+            pairs += [split_table_name(g[:4], default_db), split_table_name(g[4:], default_db)]
         return DDLStatement(kind, tuple(pairs))
-    targets = [_split_name(m.groups()[2:6], default_db)]
+    targets = [split_table_name(m.groups()[2:6], default_db)]
     if kind == "drop":  # DROP TABLE a, b, c
         rest = sql[m.end():]
-        targets += [_split_name(g.groups(), default_db)
-                    for g in re.finditer(r",\s*" + _NAME, rest)]
+        targets += [split_table_name(g.groups(), default_db)
+                    for g in re.finditer(r",\s*" + TABLE_NAME, rest)]
     return DDLStatement(kind, tuple(targets))
 
 
@@ -269,24 +276,26 @@ class SchemaHistory:
                 self._json[f"{ndb}.{new}"] = self._json.pop(f"{odb}.{old}", frozenset())
         elif ddl.kind == "create":
             db, table = ddl.tables[0]
-            like = re.search(r"\blike\s+" + _NAME, sql, re.IGNORECASE)
+            like = re.search(r"\blike\s+" + TABLE_NAME, sql, re.IGNORECASE)
             if like:
-                src = _split_name(like.groups(), default_db)
+                src = split_table_name(like.groups(), default_db)
                 self._json[f"{db}.{table}"] = self._json.get(f"{src[0]}.{src[1]}", frozenset())
             else:
                 self._json[f"{db}.{table}"] = frozenset(
-                    m.group(1) for m in _JSON_DECL.finditer(sql))
+                    _ident(*m.groups()) for m in _JSON_DECL.finditer(sql))
         elif ddl.kind == "alter":
             db, table = ddl.tables[0]
             cols = set(self._json.get(f"{db}.{table}", frozenset()))
             for m in _MODIFY_COL.finditer(sql):
-                col = m.group(1) or m.group(2)
+                g = m.groups()  # modify: g[0:2]; change old new: g[2:4] g[4:6]; type: g[6]
+                col = _ident(g[0], g[1]) if g[0] is not None or g[1] is not None else _ident(
+                    g[4], g[5])
                 cols.discard(col)
-                if m.group(3).lower() == "json":
+                if g[6].lower() == "json":
                     cols.add(col)
             for m in _DROP_COL.finditer(sql):
-                cols.discard(m.group(1))
-            cols |= {m.group(1) for m in _JSON_DECL.finditer(sql)}
+                cols.discard(_ident(*m.groups()))
+            cols |= {_ident(*m.groups()) for m in _JSON_DECL.finditer(sql)}
             self._json[f"{db}.{table}"] = frozenset(cols)
         elif ddl.kind == "drop":
             for db, table in ddl.tables:

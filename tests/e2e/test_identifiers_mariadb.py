@@ -24,10 +24,14 @@ TABLES: list[tuple[str, str, list[str]]] = [
     ("Kunden Übersicht", "id", ["Straße", "naïve column", "from"]),
     ("a.b", "key", ["x\"y", "`", "where"]),
     ("select", "group", ["ümlaut", "order"]),
+    ("back`tick", "Ключ", ["日本語", "j son"]),
 ]
+JSON_TABLE, JSON_COLUMN = "back`tick", "j son"
 
 
-def value(table: str, column: str, n: int) -> str:
+def value(table: str, column: str, n: int) -> Any:
+    if column == JSON_COLUMN:  # a JSON column (its name has a space) is decoded as JSON
+        return {"n": n, "s": "'\"`ü€"}
     return f"{table}|{column}|'\"`; DROP TABLE x;-- ü€ {n}"
 
 
@@ -47,7 +51,7 @@ def test_hostile_identifiers_round_trip(mariadb_server: Any, mysql_database: Any
             for table, key, cols in TABLES:
                 cur.execute(
                     f"CREATE TABLE {q(table)} ({q(key)} INT PRIMARY KEY, "
-                    + ", ".join(f"{q(c)} VARCHAR(200)" for c in cols)
+                    + ", ".join(f"{q(c)} {'JSON' if c == JSON_COLUMN else 'VARCHAR(200)'}" for c in cols)
                     + ") CHARACTER SET utf8mb4"
                 )
                 insert_row(cur, table, key, cols, 1)
@@ -78,6 +82,10 @@ def test_hostile_identifiers_round_trip(mariadb_server: Any, mysql_database: Any
                     insert_row(cur, table, key, cols, 3)
                     cur.execute(f"UPDATE {q(table)} SET {q(cols[0])} = %s WHERE {q(key)} = 2", ("upd 'ü' \"€\"",))
                     cur.execute(f"DELETE FROM {q(table)} WHERE {q(key)} = 3")
+                # DDL on hostile names is tracked: a new column, and a truncate.
+                cur.execute(f"ALTER TABLE {q(TABLES[0][0])} ADD COLUMN {q('new `col')} INT")
+                cur.execute(f"INSERT INTO {q(TABLES[0][0])} ({q(TABLES[0][1])}, {q('new `col')}) VALUES (9, 7)")
+                cur.execute(f"TRUNCATE TABLE {q(JSON_TABLE)}")
                 cur.execute("SELECT @@gtid_binlog_pos")
                 end_gtid = cur.fetchone()[0]
         finally:
@@ -101,17 +109,22 @@ def test_hostile_identifiers_round_trip(mariadb_server: Any, mysql_database: Any
     assert {e["source"]["database"] for e in history} == {db}
     for table, key, cols in TABLES:
         mine = of(history, table)
-        assert [(e["op"], e["key"]) for e in mine] == [
+        assert [(e["op"], e["key"]) for e in mine[:5]] == [
             ("r", {key: 1}), ("c", {key: 2}), ("c", {key: 3}), ("u", {key: 2}), ("d", {key: 3}),
         ], table
         assert mine[0]["after"] == {key: 1, **{c: value(table, c, 1) for c in cols}}
         assert mine[1]["after"] == {key: 2, **{c: value(table, c, 2) for c in cols}}
         assert mine[3]["before"][cols[0]] == value(table, cols[0], 2)
         assert mine[3]["after"][cols[0]] == "upd 'ü' \"€\""
+    added = of(history, TABLES[0][0])[5:]
+    assert [(e["op"], e["after"]) for e in added] == [
+        ("c", {TABLES[0][1]: 9, **dict.fromkeys(TABLES[0][2]), "new `col": 7}),
+    ]
+    assert [e["op"] for e in of(history, JSON_TABLE)][5:] == ["t"]
 
     from_kafka = events(config, keys, "--from-kafka")
     for table, key, _cols in TABLES:
-        assert [(e["op"], e["key"]) for e in of(from_kafka, table)] == [
+        assert [(e["op"], e["key"]) for e in of(from_kafka, table)][:4] == [
             ("c", {key: 2}), ("c", {key: 3}), ("u", {key: 2}), ("d", {key: 3}),
         ], table
     ks = KafkaSettings(bootstrap_servers=[kafka_broker.bootstrap], topic_prefix=kafka_topic_prefix,
@@ -131,4 +144,4 @@ def test_hostile_identifiers_round_trip(mariadb_server: Any, mysql_database: Any
 def insert_row(cur: Any, table: str, key: str, cols: list[str], n: int) -> None:
     names = ", ".join(q(c) for c in [key, *cols])
     marks = ", ".join(["%s"] * (len(cols) + 1))
-    cur.execute(f"INSERT INTO {q(table)} ({names}) VALUES ({marks})", (n, *(value(table, c, n) for c in cols)))
+    cur.execute(f"INSERT INTO {q(table)} ({names}) VALUES ({marks})", (n, *(json.dumps(v) if isinstance(v := value(table, c, n), dict) else v for c in cols)))
