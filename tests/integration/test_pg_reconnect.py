@@ -10,9 +10,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from test_pg_source import Captured, drain, make_settings
 
 from connectors.postgres.source import PostgresSource
+from tests.integration.test_pg_source import Captured, drain, make_settings
 from tests.servers.postgres import PostgresServer
 
 

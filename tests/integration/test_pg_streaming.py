@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_pg_source import drain, make_settings
 
 from agent.events import Transaction
 from connectors.postgres.source import PostgresSource
+from tests.integration.test_pg_source import drain, make_settings
 from tests.servers.postgres import PostgresServer
 
 
