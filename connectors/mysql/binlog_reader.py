@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import RotateEvent
 
-from agent.errors import ServiceError
+from agent.errors import DecodeError, ServiceError
 from agent.events import ChangeEvent, Heartbeat, Position, TableSchema, Transaction
 from connectors.mysql import binlog_events as ev
 from connectors.mysql.gtid import (
@@ -45,6 +46,11 @@ log = logging.getLogger(__name__)
 _DML = re.compile(r"^\s*(?:/\*.*?\*/\s*)*(insert|update|delete|replace|load\s+data)\b",
                   re.IGNORECASE | re.DOTALL)
 _HEARTBEAT_EVERY = 1.0
+# What parsing corrupt event bytes raises (struct/int/str/date conversions, recursion in
+# nested JSON); turned into DecodeError naming the event's position.
+MALFORMED_EVENT_ERRORS = (
+    IndexError, KeyError, ValueError, OverflowError, struct.error, RecursionError,
+)
 
 
 class UncapturableChange(ServiceError):
@@ -176,74 +182,82 @@ class BinlogReader:
         captured = cfg.captured
         while True:
             data = read_packet().get_all_data()
-            if data[0] == 0xFE and len(data) < 9:
-                return  # EOF: the end of the binlog without `blocking`
-            h_ts, h_type, h_server, _, h_logpos, _ = ev.HEADER.unpack_from(data, 1)
-            body = data[20 : len(data) - checksum]
-            if h_type in ev.ROW_EVENTS:
-                if tx is None:
+            try:
+                if data[0] == 0xFE and len(data) < 9:
+                    return  # EOF: the end of the binlog without `blocking`
+                h_ts, h_type, h_server, _, h_logpos, _ = ev.HEADER.unpack_from(data, 1)
+                body = data[20 : len(data) - checksum]
+                if h_type in ev.ROW_EVENTS:
+                    if tx is None:
+                        continue
+                    entry = tables.get(parse_table_id(body))
+                    if entry is not None:
+                        self._rows(tx, entry, h_type, body)
                     continue
-                entry = tables.get(parse_table_id(body))
-                if entry is not None:
-                    self._rows(tx, entry, h_type, body)
-                continue
-            if h_type == ev.TABLE_MAP:
-                tables[parse_table_id(body)] = self._table_map(body, tx, position)
-            elif h_type == ev.MARIADB_GTID:
-                g = ev.parse_mariadb_gtid(body)
-                mg = MariaDBGtid(g.domain, h_server, g.seq)
-                tx = _Tx(str(mg), h_ts, None, spool=EventSpool(cfg.spill_dir), gtid=mg)
-            elif h_type == ev.GTID:
-                g2 = ev.parse_mysql_gtid(body)
-                tx = _Tx(f"{g2.uuid}:{g2.gno}", h_ts, g2.commit_us,
-                         spool=EventSpool(cfg.spill_dir), gtid=(g2.uuid, g2.gno))
-            elif h_type == ev.XID:
-                if tx is not None:
-                    gtid, position, item = self._commit(tx, gtid, file, h_logpos, h_ts)
-                    tx = None
-                    if item is not None:
-                        yield item
-                        last_heartbeat = time.monotonic()
-                    elif time.monotonic() - last_heartbeat >= _HEARTBEAT_EVERY:
+                if h_type == ev.TABLE_MAP:
+                    tables[parse_table_id(body)] = self._table_map(body, tx, position)
+                elif h_type == ev.MARIADB_GTID:
+                    g = ev.parse_mariadb_gtid(body)
+                    mg = MariaDBGtid(g.domain, h_server, g.seq)
+                    tx = _Tx(str(mg), h_ts, None, spool=EventSpool(cfg.spill_dir), gtid=mg)
+                elif h_type == ev.GTID:
+                    g2 = ev.parse_mysql_gtid(body)
+                    tx = _Tx(f"{g2.uuid}:{g2.gno}", h_ts, g2.commit_us,
+                             spool=EventSpool(cfg.spill_dir), gtid=(g2.uuid, g2.gno))
+                elif h_type == ev.XID:
+                    if tx is not None:
+                        gtid, position, item = self._commit(tx, gtid, file, h_logpos, h_ts)
+                        tx = None
+                        if item is not None:
+                            yield item
+                            last_heartbeat = time.monotonic()
+                        elif time.monotonic() - last_heartbeat >= _HEARTBEAT_EVERY:
+                            yield Heartbeat(position, datetime.now(UTC))
+                            last_heartbeat = time.monotonic()
+                        if stop_at is not None and stop_at(position):
+                            return
+                elif h_type == ev.QUERY:
+                    q = ev.parse_query(body)
+                    sql = q.sql.strip()
+                    upper = sql[:8].upper()
+                    if upper.startswith("BEGIN") or upper.startswith("XA START"):
+                        if tx is not None:
+                            tx.began = True
+                        continue
+                    if tx is None:
+                        continue
+                    ends = upper.startswith(("COMMIT", "ROLLBACK")) or not tx.began
+                    if not upper.startswith(("COMMIT", "ROLLBACK")):
+                        self._query(tx, q, position, captured)
+                    if ends:
+                        gtid, position, item = self._commit(tx, gtid, file, h_logpos, h_ts)
+                        tx = None
+                        if item is not None:
+                            yield item
+                            last_heartbeat = time.monotonic()
+                        if stop_at is not None and stop_at(position):
+                            return
+                elif h_type == ev.ROTATE:
+                    rot = ev.parse_rotate(body)
+                    file = rot.next_file
+                    # Table ids are not persistent: a rotate may mean a server restart.
+                    tables.clear()
+                elif h_type == ev.HEARTBEAT:
+                    if tx is None:
                         yield Heartbeat(position, datetime.now(UTC))
                         last_heartbeat = time.monotonic()
-                    if stop_at is not None and stop_at(position):
-                        return
-            elif h_type == ev.QUERY:
-                q = ev.parse_query(body)
-                sql = q.sql.strip()
-                upper = sql[:8].upper()
-                if upper.startswith("BEGIN") or upper.startswith("XA START"):
-                    if tx is not None:
-                        tx.began = True
-                    continue
-                if tx is None:
-                    continue
-                ends = upper.startswith(("COMMIT", "ROLLBACK")) or not tx.began
-                if not upper.startswith(("COMMIT", "ROLLBACK")):
-                    self._query(tx, q, position, captured)
-                if ends:
-                    gtid, position, item = self._commit(tx, gtid, file, h_logpos, h_ts)
-                    tx = None
-                    if item is not None:
-                        yield item
-                        last_heartbeat = time.monotonic()
-                    if stop_at is not None and stop_at(position):
-                        return
-            elif h_type == ev.ROTATE:
-                rot = ev.parse_rotate(body)
-                file = rot.next_file
-                # Table ids are not persistent: a rotate may mean a server restart.
-                tables.clear()
-            elif h_type == ev.HEARTBEAT:
-                if tx is None:
-                    yield Heartbeat(position, datetime.now(UTC))
-                    last_heartbeat = time.monotonic()
-            elif (h_type in ev.MARIADB_COMPRESSED_ROWS or h_type == ev.PARTIAL_UPDATE_ROWS) and (
-                    tx is not None and tables.get(parse_table_id(body)) is not None):
-                raise UncapturableChange(
-                    f"expected plain row events, found event type {h_type} "
-                    f"(log_bin_compress / partial JSON updates) at {file}:{h_logpos}")
+                elif (h_type in ev.MARIADB_COMPRESSED_ROWS
+                      or h_type == ev.PARTIAL_UPDATE_ROWS) and (
+                        tx is not None and tables.get(parse_table_id(body)) is not None):
+                    raise UncapturableChange(
+                        f"expected plain row events, found event type {h_type} "
+                        f"(log_bin_compress / partial JSON updates) at {file}:{h_logpos}")
+            except MALFORMED_EVENT_ERRORS as exc:
+                # A corrupt or truncated event must stop us with a clear error,
+                # never be skipped (that would lose a change) nor crash the process.
+                raise DecodeError(
+                    f"expected a well-formed binlog event near {file}:{offset_of(data)}, found "
+                    f"{type(exc).__name__}: {str(exc)[:200]}") from exc
 
     def _table_map(self, body: bytes, tx: _Tx | None, position: Position) -> _MappedTable | None:
         # Cheap name check first: most table maps in a busy binlog are not ours.
@@ -335,6 +349,13 @@ class BinlogReader:
         self.counters.row_events += tx.spool.count
         return gtid, position, Transaction(position=position, txid=tx.txid, commit_ts=commit_ts,
                                            events=iter(tx.spool), schemas=tx.schemas)
+
+
+def offset_of(packet: bytes) -> str:
+    """The binlog offset an event packet starts at, as far as its header says."""
+    if len(packet) < 1 + ev.HEADER_SIZE:
+        return "?"
+    return str(ev.parse_header(packet[1:]).offset)
 
 
 def _checksum_enabled(stream: BinLogStreamReader) -> bool:

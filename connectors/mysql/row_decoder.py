@@ -345,6 +345,10 @@ class RowDecoder:
                  json_columns: frozenset[str]) -> None:
         self.names = tuple(c.name for c in table_map.columns)
         self.ncols = len(self.names)
+        if not self.ncols:  # a row of no columns takes no bytes: `rows` would never end
+            raise DecodeError(
+                f"expected columns in the table map of {table_map.schema}.{table_map.table}, "
+                f"found none")
         self.readers = tuple(
             column_reader(c, codecs(c.collation), c.name in json_columns) for c in table_map.columns
         )
@@ -380,6 +384,8 @@ class RowDecoder:
         names, readers = self.names, self.readers
         full = present == (1 << self.ncols) - 1
         count = self.ncols if full else bin(present).count("1")
+        if not count:  # an image of no columns takes no bytes: `rows` would never end
+            raise DecodeError("expected a row image with at least one column, found none")
         nbytes = (count + 7) >> 3
         nulls = int.from_bytes(buf[pos : pos + nbytes], "little")
         pos += nbytes
