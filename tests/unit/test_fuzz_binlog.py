@@ -85,9 +85,9 @@ def replay(events: list[bytes], tmp: Path) -> list[tuple[Any, ...]]:
                           captured=lambda db, table: db == "rec", charsets=CHARSETS)
     reader = BinlogReader(config, SchemaHistory(tmp), SourceCounters())
     start = Position(text="0-1-0", sort_key=(0, 4), extra=(("gtid", "0-1-0"),))
-    items: Iterator[Any] = reader._events(_ReplayStream(events), start,  # type: ignore[arg-type]
+    items: Iterator[Any] = reader._events(_ReplayStream(events), start,
                                           "mariadb-bin.000001", None)
-    out = []
+    out: list[tuple[Any, ...]] = []
     for item in items:
         if isinstance(item, Transaction):
             out.extend((e.op, e.table, e.key, e.after) for e in item.events)
