@@ -291,3 +291,24 @@ def metric(text: str, name: str, labels: str = "") -> float | None:
         if head == want:
             return float(value)
     return None
+
+
+# ------------------------------------------------------------------ password auth
+
+
+PASSWORD_ROLE = "cv_pw_user"
+
+
+def require_password(server: Any, password: str) -> str:
+    """Create a role that must log in with SCRAM (pg_hba) on `server`; returns
+    its DSN without the password. Other users keep trust auth."""
+    from psycopg import sql
+
+    server.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER REPLICATION PASSWORD {}").format(
+        sql.Identifier(PASSWORD_ROLE), sql.Literal(password)))
+    hba = Path(server.data_dir) / "pg_hba.conf"
+    rules = (f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n"
+             f"host replication {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n")
+    hba.write_text(rules + hba.read_text())
+    server.execute("SELECT pg_reload_conf()")
+    return f"postgresql://{PASSWORD_ROLE}@{server.host}:{server.port}/postgres"
