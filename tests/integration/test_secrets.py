@@ -19,7 +19,13 @@ import psycopg
 import pytest
 
 from tests.e2e.agent_process import AgentProcess, cli, make_keys, wait_for, write_config
-from tests.e2e.fault_tools import PASSWORD_ROLE, checkpoint_lsn, require_password, scrape, wait_caught_up
+from tests.e2e.fault_tools import (
+    PASSWORD_ROLE,
+    checkpoint_lsn,
+    require_password,
+    scrape,
+    wait_caught_up,
+)
 from tests.servers.postgres import PostgresServer
 from tests.servers.processes import free_port
 
@@ -126,6 +132,6 @@ def test_secrets_never_appear(scram_pg: tuple[PostgresServer, str], kafka_broker
         assert_clean(what, text, forms)
     assert PASSWORD_ROLE in agent.log() or PASSWORD_ROLE in outputs[0][1]
     # Every log file the agent wrote into the test directory, too.
-    for path in tmp_path.rglob("*.log"):
-        assert_clean(str(path), path.read_text(errors="replace"), forms)
+    for log_file in tmp_path.rglob("*.log"):
+        assert_clean(str(log_file), log_file.read_text(errors="replace"), forms)
     assert server.running
