@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent.events import ChangeEvent, Heartbeat, Position, Row, TableSchema, Transaction
 
@@ -187,6 +187,23 @@ class ObjectStore(Protocol):
 RestoreRows = Callable[[TableSchema], Iterator[list[object]]]
 
 
+@dataclass(frozen=True, slots=True)
+class RowMatch:
+    """Rows whose `columns` equal one of `values` (JSON values, one list per row)."""
+
+    columns: tuple[str, ...]
+    values: list[list[Any]]
+
+
+@dataclass
+class RowChanges:
+    """What an in-place restore writes into one table, by primary key."""
+
+    inserts: list[list[Any]] = field(default_factory=list)
+    updates: list[tuple[list[Any], list[Any]]] = field(default_factory=list)  # (current, wanted)
+    deletes: list[list[Any]] = field(default_factory=list)  # current rows
+
+
 class Applier(Protocol):
     """Writes restored tables into a target database (restore's only I/O there).
 
@@ -207,6 +224,42 @@ class Applier(Protocol):
 
     def read_back(self, target_schema: str, table: TableSchema) -> Iterator[list[object]]:
         """Every row of the restored table, as JSON values in column order."""
+        ...
+
+    # --- preview and in place: one transaction, begun and finished by the caller.
+
+    def table_exists(self, target_schema: str, table: str) -> bool: ...
+
+    def begin(self) -> None: ...
+
+    def finish(self, commit: bool) -> None: ...
+
+    def select_rows(
+        self, target_schema: str, table: TableSchema, match: RowMatch | None, lock: bool
+    ) -> list[list[Any]]:
+        """Rows whose match columns equal one of the tuples (None: every row), compared
+        as typed values on the server; `lock`: FOR UPDATE."""
+        ...
+
+    def triggers(self, target_schema: str, table: str) -> list[str]:
+        """User triggers that would fire on writes to the table."""
+        ...
+
+    def cascade_outside(
+        self,
+        target_schema: str,
+        table: TableSchema,
+        deleted: list[list[Any]],
+        scope: dict[str, tuple[TableSchema, list[list[Any]]]],
+    ) -> str | None:
+        """Describes rows outside `scope` (table name -> definition, keys in scope) that
+        deleting `deleted` would reach through ON DELETE CASCADE / SET NULL / SET
+        DEFAULT; None when there are none."""
+        ...
+
+    def apply_rows(self, target_schema: str, table: TableSchema, changes: RowChanges) -> None:
+        """Inserts, updates (only differing columns) and deletes, by primary key; a
+        constraint violation is a UsageError."""
         ...
 
     def close(self) -> None: ...

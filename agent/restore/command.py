@@ -10,6 +10,7 @@ and compares checksums with what the archive implies.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -19,19 +20,27 @@ from pathlib import Path
 from typing import Any
 
 from agent.archive.access import data_key_opener, open_store, trusted_keys
-from agent.archive.reader import ArchiveReader
-from agent.crypto.keyfiles import SigningKey, load_signing_key
+from agent.archive.catalog import CatalogEntry
+from agent.archive.reader import ArchiveReader, segment_entries
+from agent.crypto.keyfiles import SigningKey, load_keyhash_key, load_signing_key
+from agent.crypto.keyhash import KeyHasher
 from agent.errors import IntegrityError, NotYetAvailable, UsageError
 from agent.events import TableSchema
 from agent.restore.audit import audit_body, write_audit
+from agent.restore.candidates import Candidates
 from agent.restore.checksum import TableChecksum, checksum_of
+from agent.restore.entity import EntityRoot, Link, links_of, parse_entity, scope_tables
+from agent.restore.fetch_count import CountingStore
 from agent.restore.fold import Fold, FoldStore, replay
-from agent.restore.planner import make_plan
+from agent.restore.inplace import apply_in_place, compare, key_of, preview_lines
+from agent.restore.membership import entity_members
+from agent.restore.planner import Plan, make_plan
 from agent.restore.report import RestoreReport, TableResult, redact_dsn
+from agent.restore.segment_choice import SegmentChooser
 from agent.restore.shapes import Shapes, TableShape
 from agent.restore.target import Target, before_tx_target, position_target, time_target
 from agent.settings import Settings, load_settings
-from connectors.base import Applier
+from connectors.base import Applier, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +80,6 @@ class RestoreOptions:
 
 def _default_schema() -> str:
     return f"changevault_restore_{datetime.now(UTC):%Y%m%d%H%M%S}"
-
-
-def _refuse_unavailable(opts: RestoreOptions) -> None:
-    for flag, used in (("--entity", opts.entity), ("--preview", opts.preview),
-                       ("--in-place", opts.in_place)):  # fmt: skip
-        if used:
-            raise NotYetAvailable(f"restore {flag}: not available in this version yet")
 
 
 def _signer(settings: Settings) -> SigningKey:
@@ -132,18 +134,70 @@ def _row_values(shape: TableShape, row: dict[str, Any]) -> list[Any]:
     return out
 
 
+def default_applier(dsn: str) -> Applier:
+    """The applier for a target DSN (the one place that picks it), by its URL scheme."""
+    scheme = dsn.split("://", 1)[0].lower() if "://" in dsn else ""
+    if scheme in ("mysql", "mariadb"):
+        from connectors.mysql.applier import MySQLApplier
+
+        return MySQLApplier(dsn)
+    from connectors.postgres.applier import PgApplier
+
+    return PgApplier(dsn)
+
+
+def _check_flags(opts: RestoreOptions) -> None:
+    if opts.in_place and not opts.yes and not opts.preview:
+        raise UsageError(
+            "--in-place writes into the source-named tables: expected --yes to confirm "
+            "(or --preview to see the differences), found neither"
+        )
+    if opts.in_place and opts.target_schema is not None:
+        raise UsageError("--in-place writes into the source-named tables: drop --target-schema")
+
+
+def _archive_bytes(entries: list[CatalogEntry], plan: Plan) -> int:
+    total = sum(
+        int(e.body.get("size", 0)) + int(e.body.get("index_size", 0))
+        for e in segment_entries(entries)
+    )
+    return total + sum(int(p.body.get("size", 0)) for p in plan.snapshot.parts)
+
+
+@dataclass
+class _Scope:
+    tables: set[str] | None  # None: every captured table
+    entity: EntityRoot | None = None
+    links: list[Link] | None = None
+    order: list[str] | None = None
+
+
+def _entity_scope(settings: Settings, shapes: Shapes, raw: str, wanted: set[str] | None) -> _Scope:
+    tables = {name: s.schema for name, s in shapes.by_name.items()}
+    root = parse_entity(raw, tables)
+    links = links_of(tables, settings.entity_links)
+    order = scope_tables(root.table, links)
+    if wanted is not None:
+        order = [t for t in order if t in wanted or t == root.table]
+    for name in order:
+        if not tables[name].primary_key:
+            raise UsageError(f"--entity: {name} has no primary key in the archive's definition")
+    return _Scope(set(order), root, links, order)
+
+
 def run_restore(
     settings: Settings,
     opts: RestoreOptions,
     applier_factory: ApplierFactory | None = None,
 ) -> RestoreReport:
-    _refuse_unavailable(opts)
+    _check_flags(opts)
     if settings.source.type != "postgres":
         raise NotYetAvailable(
             "restore: MySQL/MariaDB targets are not available in this version yet"
         )
-    signer = _signer(settings)
-    store = open_store(settings)
+    writes = not opts.preview
+    signer = _signer(settings) if writes else None
+    store = CountingStore(open_store(settings))
     reader = ArchiveReader(
         store, trusted_keys(settings), data_key_opener(settings, opts.private_key)
     )
@@ -152,16 +206,23 @@ def run_restore(
     plan = make_plan(entries, target)
     schema_name = opts.target_schema or _default_schema()
     shapes = Shapes(plan.snapshot.tables)
-    wanted = _scope(shapes, opts.tables)
+    scope = _Scope(_scope(shapes, opts.tables))
+    if opts.entity is not None:
+        scope = _entity_scope(settings, shapes, opts.entity, scope.tables)
+    wanted = scope.tables
     fold_store = FoldStore()
     try:
         fold = Fold(fold_store, shapes, wanted)
         fold.load_snapshot(reader, plan)
-        stop = replay(reader, plan, target, fold)
+        segments = plan.segments
+        if scope.entity is not None:
+            segments = _entity_segments(settings, reader, fold_store, shapes, scope, plan)
+        stop = replay(reader, dataclasses.replace(plan, segments=segments), target, fold)
         # Everything the restore needs is now read, verified and folded: only now
         # is the target touched.
         in_scope = [s for name, s in shapes.by_name.items() if wanted is None or name in wanted]
-        _refuse_name_clash(in_scope)
+        if not opts.in_place:
+            _refuse_name_clash(in_scope)
         report = RestoreReport(
             target=target.description,
             position=stop.position.text,
@@ -169,47 +230,184 @@ def run_restore(
             txid=stop.txid,
             snapshot_id=plan.snapshot.snapshot_id,
             snapshot_position=plan.snapshot.position.text,
-            segments_read=len(plan.segments),
+            segments_read=len(segments),
             segments_total=plan.total_segments,
             transactions=stop.transactions,
-            target_schema=schema_name,
+            target_schema="(source-named tables)" if opts.in_place else schema_name,
             target_dsn=redact_dsn(opts.target_dsn),
             skipped_tables=sorted(fold.stats.skipped_tables),
+            bytes_read=store.count.bytes,
+            objects_read=store.count.objects,
+            archive_bytes=_archive_bytes(entries, plan),
+            scope_tables=scope.order or [],
         )
-        expected: dict[str, TableChecksum] = {}
-        by_name = {s.name: s for s in in_scope}
-
-        def rows(table: TableSchema) -> Iterator[list[object]]:
-            shape = by_name[table.qualified]
-            sums = expected[table.qualified] = TableChecksum()
-            for row in fold_store.rows(fold_store.table_id(shape.name)):
-                values = _row_values(shape, row)
-                sums.add(values)
-                yield values
-
-        from connectors.postgres.applier import PgApplier
-
-        applier = (applier_factory or PgApplier)(opts.target_dsn)
+        rows_of = _rows_source(fold_store, shapes, scope)
+        applier = (applier_factory or default_applier)(opts.target_dsn)
         try:
-            tables = [s.schema for s in in_scope]
-            counts = applier.load_new(schema_name, tables, rows, foreign_keys=wanted is None)
-            for table in tables:
-                actual = checksum_of(applier.read_back(schema_name, table))
-                report.tables.append(
-                    TableResult(
-                        table.qualified,
-                        f"{schema_name}.{table.table}",
-                        counts[table.qualified],
-                        expected[table.qualified],
-                        actual,
-                    )
+            if opts.preview or opts.in_place:
+                lines = _compare_and_apply(
+                    applier, opts, schema_name, in_scope, rows_of, scope, report
                 )
+            else:
+                _load_new(applier, schema_name, in_scope, rows_of, scope, report)
+                lines = []
         finally:
             applier.close()
     finally:
         fold_store.close()
+    if opts.preview:
+        for line in [*report.lines(), *lines]:
+            print(line, file=sys.stdout)
+        return report
+    assert signer is not None
+    _print_and_audit(settings, opts, store, reader, entries, signer, report, scope)
+    return report
+
+
+def _entity_segments(
+    settings: Settings,
+    reader: ArchiveReader,
+    fold_store: FoldStore,
+    shapes: Shapes,
+    scope: _Scope,
+    plan: Plan,
+) -> list[CatalogEntry]:
+    assert scope.entity is not None and scope.links is not None and scope.order is not None
+    path = settings.encryption.keyhash_key_file
+    if path is None:
+        raise UsageError(
+            f"{settings.origin}: encryption.keyhash_key_file: expected the key the archive's "
+            "indexes are hashed with (needed by --entity), found none"
+        )
+    hasher = KeyHasher(load_keyhash_key(path))
+    candidates = Candidates(shapes, scope.entity, scope.links, scope.order)
+    for name in scope.order:
+        for row in fold_store.rows(fold_store.table_id(name)):
+            candidates.observe(name, row)
+    candidates.propagate()
+    chooser = SegmentChooser(reader, hasher, candidates, scope.links, scope.order)
+    return chooser.choose(plan.segments).segments
+
+
+RowsOf = Callable[[TableShape], Iterator[list[object]]]
+
+
+def _rows_source(fold_store: FoldStore, shapes: Shapes, scope: _Scope) -> RowsOf:
+    """The restored rows of a table: every folded row, or the entity's members."""
+    members = None
+    if scope.entity is not None:
+        assert scope.links is not None and scope.order is not None
+        members = entity_members(fold_store, shapes, scope.entity, scope.links, scope.order)
+
+    def rows(shape: TableShape) -> Iterator[list[object]]:
+        if members is not None:
+            for row in members.get(shape.name, {}).values():
+                yield _row_values(shape, row)
+            return
+        for row in fold_store.rows(fold_store.table_id(shape.name)):
+            yield _row_values(shape, row)
+
+    return rows
+
+
+def _load_new(
+    applier: Applier,
+    schema_name: str,
+    in_scope: list[TableShape],
+    rows_of: RowsOf,
+    scope: _Scope,
+    report: RestoreReport,
+) -> None:
+    expected: dict[str, TableChecksum] = {}
+    by_name = {s.name: s for s in in_scope}
+
+    def rows(table: TableSchema) -> Iterator[list[object]]:
+        sums = expected[table.qualified] = TableChecksum()
+        for values in rows_of(by_name[table.qualified]):
+            sums.add(values)
+            yield values
+
+    tables = [s.schema for s in in_scope]
+    counts = applier.load_new(schema_name, tables, rows, foreign_keys=scope.tables is None)
+    for table in tables:
+        actual = checksum_of(applier.read_back(schema_name, table))
+        report.tables.append(
+            TableResult(
+                table.qualified,
+                f"{schema_name}.{table.table}",
+                counts[table.qualified],
+                expected[table.qualified],
+                actual,
+            )
+        )
+
+
+def _compare_and_apply(
+    applier: Applier,
+    opts: RestoreOptions,
+    schema_name: str,
+    in_scope: list[TableShape],
+    rows_of: RowsOf,
+    scope: _Scope,
+    report: RestoreReport,
+) -> list[str]:
+    """Preview (nothing written) or in place (one transaction); the per-table lines."""
+    tables = [s.schema for s in in_scope]
+    for t in tables:
+        if not t.primary_key:
+            raise UsageError(f"{t.qualified}: a row-by-row comparison needs a primary key")
+    wanted = {s.name: {key_of(s.schema, v): v for v in rows_of(s)} for s in in_scope}
+    entity = (scope.entity, scope.links or []) if scope.entity is not None else None
+    target_schema = None if opts.in_place else schema_name
+    applier.begin()
+    committed = False
+    try:
+        diffs = compare(applier, target_schema, tables, wanted, entity, lock=not opts.preview)
+        if opts.preview:
+            return ["preview: nothing written", *preview_lines(diffs)]
+        apply_in_place(applier, diffs)
+        applier.finish(commit=True)
+        committed = True
+    finally:
+        if not committed:
+            applier.finish(commit=False)
+    for d in diffs:
+        c = d.changes
+        report.tables.append(
+            TableResult(
+                d.table.qualified,
+                f"{d.schema}.{d.table.table}",
+                len(d.wanted),
+                d.expected,
+                d.actual,
+            )
+        )
+        report.notes.append(
+            f"  {d.table.qualified}: {len(c.inserts)} inserted, {len(c.updates)} updated, "
+            f"{len(c.deletes)} deleted, {d.unchanged} untouched"
+            + (f"; triggers fired: {', '.join(d.triggers)}" if d.triggers else "")
+        )
+    return []
+
+
+def _print_and_audit(
+    settings: Settings,
+    opts: RestoreOptions,
+    store: ObjectStore,
+    reader: ArchiveReader,
+    entries: list[CatalogEntry],
+    signer: SigningKey,
+    report: RestoreReport,
+    scope: _Scope,
+) -> None:
     bad = [t for t in report.tables if not t.ok]
     result = "ok" if not bad else "checksum mismatch: " + ", ".join(t.source for t in bad)
+    audit_scope: dict[str, Any] = {
+        "mode": "in-place" if opts.in_place else "new-schema",
+        "tables": sorted(scope.tables) if scope.tables else "all",
+    }
+    if scope.entity is not None:
+        audit_scope["entity"] = scope.entity.label
     audit = write_audit(
         store,
         signer,
@@ -218,9 +416,9 @@ def run_restore(
         _source_id(settings),
         audit_body(
             target_dsn=report.target_dsn,
-            target_schema=schema_name,
-            scope={"mode": "new-schema", "tables": sorted(wanted) if wanted else "all"},
-            target=target.description,
+            target_schema=report.target_schema,
+            scope=audit_scope,
+            target=report.target,
             position=report.position,
             commit_ts=report.commit_ts,
             snapshot_id=report.snapshot_id,
@@ -240,10 +438,9 @@ def run_restore(
             f"restored table {first.target}: checksum read back from the target "
             f"({first.actual.rows if first.actual else 0} rows, "
             f"{first.actual.hex() if first.actual else '-'}) does not match the archive "
-            f"({first.expected.rows} rows, {first.expected.hex()}); schema {schema_name} "
-            "is left for inspection"
+            f"({first.expected.rows} rows, {first.expected.hex()}); schema "
+            f"{report.target_schema} is left for inspection"
         )
-    return report
 
 
 def _source_id(settings: Settings) -> str:

@@ -47,6 +47,11 @@ class RestoreReport:
     target_dsn: str
     tables: list[TableResult] = field(default_factory=list)
     skipped_tables: list[str] = field(default_factory=list)
+    bytes_read: int = 0  # fetched from the archive (catalog included)
+    objects_read: int = 0
+    archive_bytes: int = 0  # segments, their indexes and the snapshot's parts
+    scope_tables: list[str] = field(default_factory=list)  # an entity's tables
+    notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         stop = f"transaction {self.txid}" if self.txid else "the snapshot"
@@ -56,13 +61,18 @@ class RestoreReport:
             f"  from snapshot {self.snapshot_id} at {self.snapshot_position}, then "
             f"{self.transactions} transactions from {self.segments_read} of "
             f"{self.segments_total} segments",
+            f"  read {self.objects_read} objects, {self.bytes_read} bytes from the archive "
+            f"(segments, indexes and snapshot parts total {self.archive_bytes} bytes)",
             f"  into schema {self.target_schema} of {self.target_dsn}",
         ]
+        if self.scope_tables:
+            out.append(f"  tables in scope: {', '.join(self.scope_tables)}")
         for t in self.tables:
             state = "ok" if t.ok else "MISMATCH"
             out.append(
                 f"  {t.source} -> {t.target}: {t.rows} rows, checksum {t.expected.hex()} {state}"
             )
+        out.extend(self.notes)
         for name in self.skipped_tables:
             out.append(f"  {name}: skipped (no table definition in the archive)")
         return out

@@ -11,9 +11,10 @@ settings, so a restored value reads back exactly as the archive holds it.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -21,8 +22,8 @@ from psycopg import sql
 
 from agent.errors import ServiceError, UsageError
 from agent.events import TableSchema
-from connectors.base import RestoreRows
-from connectors.postgres.ddl import foreign_key_ddl, table_ddl
+from connectors.base import RestoreRows, RowChanges, RowMatch
+from connectors.postgres.ddl import REFERENCING_FKS_SQL, foreign_key_ddl, table_ddl, type_sql
 from connectors.postgres.pgtypes import (
     REPLICATION_SESSION_SETTINGS,
     TYPE_INFO_QUERY,
@@ -33,6 +34,26 @@ from connectors.postgres.pgtypes import (
 log = logging.getLogger(__name__)
 
 TextValue = Callable[[Any], str | None]
+RowConv = Callable[[Sequence[str | None]], list[Any]]
+_ACTIONS = {"c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
+
+
+def match_sql(table: TableSchema, match: RowMatch) -> tuple[sql.Composed, list[list[str | None]]]:
+    """`(c1, c2) IN (SELECT * FROM unnest($1::text[]::t1[], ...))` and its arrays."""
+    types = {c.name: c for c in table.columns}
+    arrays: list[list[str | None]] = []
+    casts: list[sql.Composable] = []
+    for i, name in enumerate(match.columns):
+        column = types[name]
+        to_text = text_value(column.type_name)
+        arrays.append([to_text(row[i]) for row in match.values])
+        casts.append(sql.SQL("%s::text[]::{}[]").format(type_sql(column)))
+    where = sql.SQL("({}) IN (SELECT * FROM unnest({}))").format(
+        sql.SQL(", ").join(map(sql.Identifier, match.columns)), sql.SQL(", ").join(casts)
+    )
+    return where, arrays
+
+
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _FETCH = 5000
 
@@ -219,7 +240,8 @@ class PgApplier:
 
         return TypeConverters(resolve)
 
-    def read_back(self, target_schema: str, table: TableSchema) -> Iterator[list[Any]]:
+    def _row_reader(self, target_schema: str, table: TableSchema) -> tuple[sql.Composed, RowConv]:
+        """SELECT list of the table's columns as text, and their JSON converters."""
         names = [c.name for c in table.columns]
         oids: dict[str, int] = dict(
             self.conn.execute(
@@ -228,18 +250,193 @@ class PgApplier:
                 (sql.Identifier(target_schema, table.table).as_string(self.conn),),
             ).fetchall()
         )
+        missing = [n for n in names if n not in oids]
+        if missing:
+            raise UsageError(
+                f"target table {target_schema}.{table.table}: expected columns "
+                f"{', '.join(missing)} (as at the restore target), found none by those names"
+            )
         conv = self._converters().row(tuple(int(oids[n]) for n in names))
+        select = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(n)) for n in names)
+
+        def convert(values: Sequence[str | None]) -> list[Any]:
+            return [None if v is None else f(v.encode()) for f, v in zip(conv, values, strict=True)]
+
+        return select, convert
+
+    def read_back(self, target_schema: str, table: TableSchema) -> Iterator[list[Any]]:
+        select, convert = self._row_reader(target_schema, table)
         query = sql.SQL("SELECT {} FROM {}").format(
-            sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(n)) for n in names),
-            sql.Identifier(target_schema, table.table),
+            select, sql.Identifier(target_schema, table.table)
         )
         with self.conn.transaction(), self.conn.cursor(name="cv_restore_readback") as cur:
             cur.itersize = _FETCH
             cur.execute(query)
             for values in cur:
-                yield [
-                    None if v is None else f(v.encode()) for f, v in zip(conv, values, strict=True)
-                ]
+                yield convert(values)
+
+    # ------------------------------------------------------------ in place
+
+    def table_exists(self, target_schema: str, table: str) -> bool:
+        return self._existing_rows(target_schema, table) is not None
+
+    def begin(self) -> None:
+        """Start the one transaction of an in-place restore or a preview."""
+        self.conn.rollback()
+        self.conn.execute("BEGIN")
+
+    def finish(self, commit: bool) -> None:
+        if commit:
+            self.conn.commit()
+        else:
+            self.conn.rollback()
+
+    def select_rows(
+        self,
+        target_schema: str,
+        table: TableSchema,
+        match: RowMatch | None,
+        lock: bool,
+    ) -> list[list[Any]]:
+        """Rows (JSON values in column order) whose `match` columns equal one of the tuples.
+
+        Values are bound as one text array per column and cast to the column's
+        type on the server: typed comparison, index use, nothing spliced in.
+        `match` None selects every row. `lock` takes FOR UPDATE row locks.
+        """
+        if match is not None and not match.values:
+            return []
+        select, convert = self._row_reader(target_schema, table)
+        where: sql.Composable = sql.SQL("")
+        params: list[list[str | None]] = []
+        if match is not None:
+            cond, params = match_sql(table, match)
+            where = sql.SQL(" WHERE {}").format(cond)
+        query = sql.SQL("SELECT {} FROM {}{}{}").format(
+            select,
+            sql.Identifier(target_schema, table.table),
+            where,
+            sql.SQL(" FOR UPDATE") if lock else sql.SQL(""),
+        )
+        try:
+            return [convert(r) for r in self.conn.execute(query, params).fetchall()]
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise ServiceError(f"--target-dsn: permission denied: {_first_line(exc)}") from None
+
+    def triggers(self, target_schema: str, table: str) -> list[str]:
+        """User triggers on the table (they fire during an in-place restore)."""
+        rows = self.conn.execute(
+            "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = %s AND NOT t.tgisinternal AND t.tgenabled <> 'D'"
+            " ORDER BY t.tgname",
+            (target_schema, table),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def cascade_outside(
+        self,
+        target_schema: str,
+        table: TableSchema,
+        deleted: list[list[Any]],
+        scope: dict[str, tuple[TableSchema, list[list[Any]]]],
+    ) -> str | None:
+        """A row outside the scope that deleting `deleted` would cascade to, described.
+
+        `scope` maps "table" (in the target schema) -> (its definition, the keys
+        of its rows in scope): referencing rows among those are the restore's
+        own business; any other row reached by ON DELETE CASCADE / SET NULL /
+        SET DEFAULT is outside it.
+        """
+        if not deleted:
+            return None
+        ident = sql.Identifier(target_schema, table.table).as_string(self.conn)
+        refs = self.conn.execute(REFERENCING_FKS_SQL, (ident,)).fetchall()
+        position = {c.name: i for i, c in enumerate(table.columns)}
+        types = {c.name: c for c in table.columns}
+        for name, child_schema, child_table, action, child_cols, ref_cols in refs:
+            if action not in ("c", "n", "d") or not all(c in position for c in ref_cols):
+                continue
+            values = [[row[position[c]] for c in ref_cols] for row in deleted]
+            values = [v for v in values if None not in v]
+            if not values:
+                continue
+            probe = TableSchema(
+                child_schema,
+                child_table,
+                tuple(
+                    dataclasses.replace(types[r], name=c)
+                    for c, r in zip(child_cols, ref_cols, strict=True)
+                ),
+                (),
+            )
+            where, params = match_sql(probe, RowMatch(tuple(child_cols), values))
+            own = scope.get(child_table) if child_schema == target_schema else None
+            if own is not None and own[1]:
+                not_own, more = match_sql(own[0], RowMatch(own[0].primary_key, own[1]))
+                where = sql.SQL("{} AND NOT {}").format(where, not_own)
+                params = [*params, *more]
+            got = self.conn.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+                    sql.Identifier(child_schema, child_table), where
+                ),
+                params,
+            ).fetchone()
+            if got and int(got[0]) > 0:
+                return (
+                    f"{child_schema}.{child_table} ({int(got[0])} rows outside the scope) through "
+                    f"foreign key {name} ON DELETE {_ACTIONS[action]}"
+                )
+        return None
+
+    def apply_rows(self, target_schema: str, table: TableSchema, changes: RowChanges) -> None:
+        """Inserts, updates (only the columns that differ) and deletes, by primary key."""
+        ident = sql.Identifier(target_schema, table.table)
+        convert = [text_value(c.type_name) for c in table.columns]
+        names = [c.name for c in table.columns]
+        position = {n: i for i, n in enumerate(names)}
+        key = [position[c] for c in table.primary_key]
+        key_where = sql.SQL(" AND ").join(
+            sql.SQL("{} = %s").format(sql.Identifier(c)) for c in table.primary_key
+        )
+        try:
+            with self.conn.cursor() as cur:
+                if changes.inserts:
+                    cur.executemany(
+                        sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})").format(
+                            ident,
+                            sql.SQL(", ").join(map(sql.Identifier, names)),
+                            sql.SQL(", ").join(sql.Placeholder() * len(names)),
+                        ),
+                        [
+                            [f(v) for f, v in zip(convert, row, strict=True)]
+                            for row in changes.inserts
+                        ],
+                    )
+                for old, new in changes.updates:
+                    cols = [i for i in range(len(names)) if old[i] != new[i]]
+                    cur.execute(
+                        sql.SQL("UPDATE {} SET {} WHERE {}").format(
+                            ident,
+                            sql.SQL(", ").join(
+                                sql.SQL("{} = %s").format(sql.Identifier(names[i])) for i in cols
+                            ),
+                            key_where,
+                        ),
+                        [convert[i](new[i]) for i in cols] + [convert[i](old[i]) for i in key],
+                    )
+                if changes.deletes:
+                    cur.executemany(
+                        sql.SQL("DELETE FROM {} WHERE {}").format(ident, key_where),
+                        [[convert[i](row[i]) for i in key] for row in changes.deletes],
+                    )
+        except psycopg.errors.IntegrityConstraintViolation as exc:
+            raise UsageError(
+                f"{target_schema}.{table.table}: the in-place restore conflicts with the "
+                f"target's constraints ({_first_line(exc)}); nothing was written"
+            ) from None
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise ServiceError(f"--target-dsn: permission denied: {_first_line(exc)}") from None
 
     def close(self) -> None:
         self.conn.close()

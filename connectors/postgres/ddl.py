@@ -120,3 +120,19 @@ def _on_delete(action: str) -> str:
     if action not in {"NO ACTION", "RESTRICT", "CASCADE", "SET NULL", "SET DEFAULT"}:
         raise DecodeError(f"expected a foreign key action, found {action!r}")
     return action
+
+
+# Foreign keys that point at a table (regclass text bound as the parameter):
+# name, referencing schema and table, ON DELETE action code, columns, referenced columns.
+REFERENCING_FKS_SQL = """
+SELECT c.conname, cn.nspname, cr.relname, c.confdeltype::text,
+       ARRAY(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(n, o)
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.o),
+       ARRAY(SELECT a.attname FROM unnest(c.confkey) WITH ORDINALITY k(n, o)
+             JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.o)
+FROM pg_constraint c
+JOIN pg_class cr ON cr.oid = c.conrelid
+JOIN pg_namespace cn ON cn.oid = cr.relnamespace
+WHERE c.confrelid = %s::regclass AND c.contype = 'f'
+ORDER BY c.conname
+"""

@@ -1,0 +1,186 @@
+"""Which segments an entity restore must open, from the per-segment indexes.
+
+Each segment has a sealed `.idx` object: sorted 8-byte truncated keyed hashes
+of every event's (table, primary key) and of the values of link columns.
+Starting from the root's key, segments whose index holds a wanted hash are
+read, the rows seen there make new candidates (see candidates.py), whose
+keys and link values select more segments — to a fixed point.
+
+Always read, whatever the index says:
+- segments with truncates or schema changes (the catalog entry flags them);
+- segments holding a linked table whose link columns that segment's index
+  may not cover: the sink records no list of the columns it indexed yet, so
+  only `entity_links` (which every sink version indexes) are trusted unless
+  the entry names `link_columns`;
+- segments holding the root table when the root column is not its key;
+- the last segment of the plan (so the report's stop position is exact);
+- neighbours of a selected segment that a transaction crosses into.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from agent.archive.catalog import CatalogEntry
+from agent.archive.reader import ArchiveReader
+from agent.archive.records import EventRecord, TxBeginRecord, TxEndRecord
+from agent.archive.segment import open_object, read_segment_records
+from agent.crypto.keyhash import KeyHasher
+from agent.errors import IntegrityError
+from agent.restore.candidates import INDEX_HASH_BYTES, Candidates
+from agent.restore.entity import Link
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SegmentChoice:
+    segments: list[CatalogEntry]  # in catalog order
+    indexes_read: int = 0
+    rounds: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def _contains(index: bytes, h: bytes) -> bool:
+    lo, hi = 0, len(index) // INDEX_HASH_BYTES
+    while lo < hi:
+        mid = (lo + hi) // 2
+        probe = index[mid * INDEX_HASH_BYTES : (mid + 1) * INDEX_HASH_BYTES]
+        if probe < h:
+            lo = mid + 1
+        elif probe > h:
+            hi = mid
+        else:
+            return True
+    return False
+
+
+def _indexed_links(entry: CatalogEntry, links: list[Link]) -> set[Link]:
+    recorded = entry.body.get("link_columns")
+    if not isinstance(recorded, dict):
+        return {ln for ln in links if ln.declared}
+    return {ln for ln in links if set(ln.columns) & set(recorded.get(ln.child, ()))}
+
+
+class SegmentChooser:
+    def __init__(
+        self,
+        reader: ArchiveReader,
+        hasher: KeyHasher,
+        candidates: Candidates,
+        links: list[Link],
+        scope: Iterable[str],
+    ) -> None:
+        self.reader = reader
+        self.hasher = hasher
+        self.candidates = candidates
+        self.links = [ln for ln in links if ln.child in set(scope)]
+        self.scope = set(scope)
+        self._indexes: dict[int, bytes] = {}
+
+    def _always(self, segs: list[CatalogEntry], root_hash: bytes | None) -> dict[int, str]:
+        out: dict[int, str] = {}
+        root_table = self.candidates.root.table
+        for i, e in enumerate(segs):
+            tables = set(e.body.get("tables") or ())
+            if e.body.get("truncate") or e.body.get("schema_change"):
+                out[i] = "truncate or schema change"
+            elif root_hash is None and root_table in tables:
+                out[i] = "root column not indexed"
+            elif not tables & self.scope:
+                continue
+            elif any(ln.child in tables for ln in set(self.links) - _indexed_links(e, self.links)):
+                out[i] = "link columns not indexed"
+        if segs:
+            out.setdefault(len(segs) - 1, "last segment of the plan")
+        return out
+
+    def _index(self, e: CatalogEntry) -> bytes:
+        got = self._indexes.get(e.seq)
+        if got is None:
+            key = e.body.get("index_object")
+            if key is None:  # a segment from before indexes existed: read it
+                got = b""
+            else:
+                data = self.reader.fetch(key, e.body["index_digest"])
+                assert self.reader.opener is not None
+                got = b"".join(open_object(data, self.reader.opener, self.reader.archive_id, key))
+                if len(got) % INDEX_HASH_BYTES:
+                    raise IntegrityError(f"{key}: index length is not a multiple of 8")
+            self._indexes[e.seq] = got
+        return got
+
+    def choose(self, segs: list[CatalogEntry]) -> SegmentChoice:
+        root_hash = self.candidates.root_key_hash(self.hasher)
+        always = self._always(segs, root_hash)
+        unindexed = {i for i, e in enumerate(segs) if e.body.get("index_object") is None}
+        selected: set[int] = set(always) | unindexed
+        reasons: dict[str, int] = {}
+        for why in always.values():
+            reasons[why] = reasons.get(why, 0) + 1
+        read: set[int] = set()
+        wanted: set[bytes] = {root_hash} if root_hash is not None else set()
+        choice = SegmentChoice([])
+        while True:
+            choice.rounds += 1
+            if wanted:
+                for i, e in enumerate(segs):
+                    if i in selected or not self.scope & set(e.body.get("tables") or ()):
+                        continue
+                    index = self._index(e)
+                    if any(_contains(index, h) for h in wanted):
+                        selected.add(i)
+                        reasons["index"] = reasons.get("index", 0) + 1
+            pending = sorted(selected - read)
+            if not pending:
+                break
+            while pending:
+                i = pending.pop(0)
+                read.add(i)
+                starts_inside, ends_inside = self._observe(segs[i])
+                for j, crossing in ((i - 1, starts_inside), (i + 1, ends_inside)):
+                    if crossing and 0 <= j < len(segs) and j not in selected:
+                        selected.add(j)
+                        pending.append(j)
+                        reasons["transaction crosses"] = reasons.get("transaction crosses", 0) + 1
+            self.candidates.propagate()
+            wanted = self.candidates.new_hashes(self.hasher)
+        choice.segments = [segs[i] for i in sorted(selected)]
+        choice.indexes_read = len(self._indexes)
+        choice.reasons = reasons
+        log.info("entity restore reads %d of %d segments (%s)", len(selected), len(segs), reasons)
+        return choice
+
+    def _observe(self, e: CatalogEntry) -> tuple[bool, bool]:
+        """Feed every row image of in-scope tables to the candidates.
+
+        Returns whether a transaction was already open when the segment began
+        and whether one is still open at its end (the neighbour then holds
+        the rest of it).
+        """
+        key = e.body["object"]
+        data = self.reader.fetch(key, e.body["digest"])
+        assert self.reader.opener is not None
+        open_tx: bool | None = None  # None: no begin or end seen yet
+        starts_inside = False
+        for rec in read_segment_records(data, self.reader.opener, self.reader.archive_id, key):
+            if isinstance(rec, TxBeginRecord):
+                open_tx = True
+            elif isinstance(rec, TxEndRecord):
+                if open_tx is None:
+                    starts_inside = True
+                open_tx = False
+            elif isinstance(rec, EventRecord):
+                if open_tx is None:
+                    starts_inside = True
+                    open_tx = True
+                doc = json.loads(rec.envelope)
+                src = doc["source"]
+                table = f"{src['schema']}.{src['table']}"
+                if table in self.scope:
+                    for image in ("key", "before", "after"):
+                        self.candidates.observe(table, doc.get(image))
+        return starts_inside, bool(open_tx)
