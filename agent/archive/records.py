@@ -26,6 +26,9 @@ KIND_EVENT = 2
 KIND_END = 3
 KIND_SCHEMA = 4
 MAX_RECORD = 256 * 1024 * 1024
+# What a well-formed JSON body of the wrong shape raises on the way to a record:
+# missing keys, wrong types, Infinity where an integer belongs, deep nesting.
+_MALFORMED = (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +122,7 @@ def _decode_body(kind: int, body: bytes) -> Record:
             return TxEndRecord(position_from_json(doc["position"]), int(doc["events"]))
         if kind == KIND_SCHEMA:
             return SchemaRecord(schema_from_json(doc))
-    except (ValueError, KeyError, TypeError) as exc:
+    except _MALFORMED as exc:
         raise DecodeError(f"malformed segment record (kind {kind}): {type(exc).__name__}") from None
     raise DecodeError(f"unknown segment record kind {kind}")
 

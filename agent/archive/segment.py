@@ -96,7 +96,7 @@ def read_header(f: IO[bytes], where: str) -> ObjectHeader:
         fields.append(body)
     try:
         meta = json.loads(fields[1])
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         raise IntegrityError(f"{where}: garbled object metadata") from None
     if not isinstance(meta, dict):
         raise IntegrityError(f"{where}: garbled object metadata")
