@@ -148,11 +148,56 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
+def _client_cert_pair(cert_file: Path | None, key_file: Path | None) -> None:
+    if (cert_file is None) != (key_file is None):
+        raise ValueError(
+            "expected cert_file and key_file together (a client certificate and its key), "
+            f"found only {'cert_file' if cert_file is not None else 'key_file'}"
+        )
+
+
 class TlsSettings(_Strict):
+    """The database connection's TLS (docs/security.md).
+
+    `require` encrypts without checking the server; `verify-ca` checks the chain
+    against `ca_file`; `verify-full` also checks the host name, against `ca_file`
+    or the system's trusted CAs.
+    """
+
     mode: Literal["disable", "require", "verify-ca", "verify-full"] = "verify-full"
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TlsSettings:
+        files = [n for n in ("ca_file", "cert_file", "key_file") if getattr(self, n) is not None]
+        if self.mode == "disable" and files:
+            raise ValueError(
+                f"mode disable uses no certificates, found {', '.join(files)}; "
+                f"remove them or choose require, verify-ca or verify-full"
+            )
+        if self.mode == "verify-ca" and self.ca_file is None:
+            raise ValueError(
+                "mode verify-ca expected ca_file (the private CA to check against), found none; "
+                "for a publicly trusted server certificate use verify-full"
+            )
+        _client_cert_pair(self.cert_file, self.key_file)
+        return self
+
+    def require_readable_files(self, where: str) -> None:
+        """ConfigError (exit 2) naming the key of a TLS file that cannot be read."""
+        for name in ("ca_file", "cert_file", "key_file"):
+            path: Path | None = getattr(self, name)
+            if path is None:
+                continue
+            try:
+                with path.open("rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(
+                    f"{where}.{name}: expected a readable PEM file, found {path}: {exc.strerror}"
+                ) from None
 
 
 class SourceSettings(_Strict):
@@ -245,10 +290,29 @@ class KafkaSecurity(_Strict):
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSecurity:
-        if self.protocol.startswith("SASL") and (
-            self.sasl_mechanism is None or self.username is None
-        ):
+        sasl = self.protocol.startswith("SASL")
+        if sasl and (self.sasl_mechanism is None or self.username is None):
             raise ValueError(f"{self.protocol} needs sasl_mechanism and username")
+        if sasl and self.password is None and self.password_file is None:
+            raise ValueError(
+                f"{self.protocol} needs password_file (or CHANGEVAULT_KAFKA__SECURITY__PASSWORD)"
+            )
+        given = self.model_fields_set
+        sasl_keys = [k for k in ("sasl_mechanism", "username", "password", "password_file")
+                     if k in given and getattr(self, k) is not None]
+        if not sasl and sasl_keys:
+            raise ValueError(
+                f"protocol {self.protocol} does not use {', '.join(sasl_keys)}; "
+                f"choose SASL_SSL (or SASL_PLAINTEXT) or remove them"
+            )
+        tls_keys = [k for k in ("ca_file", "cert_file", "key_file", "check_hostname")
+                    if k in given and getattr(self, k) is not None]
+        if self.protocol not in ("SSL", "SASL_SSL") and tls_keys:
+            raise ValueError(
+                f"protocol {self.protocol} does not use TLS, found {', '.join(tls_keys)}; "
+                f"choose SSL or SASL_SSL or remove them"
+            )
+        _client_cert_pair(self.cert_file, self.key_file)
         return self
 
 

@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlsplit
 import pymysql
 
 from agent.errors import ConfigError, ServiceError
-from agent.settings import SourceSettings
+from agent.settings import SourceSettings, TlsSettings
 
 
 def connect_kwargs(source: SourceSettings) -> dict[str, Any]:
@@ -29,16 +29,37 @@ def connect_kwargs(source: SourceSettings) -> dict[str, Any]:
         "connect_timeout": 10,
         "autocommit": True,
     }
-    tls = source.tls
-    if tls is not None and tls.mode != "disable":
-        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-        ctx.check_hostname = tls.mode == "verify-full"
-        if tls.mode == "require":
-            ctx.verify_mode = ssl.CERT_NONE
-        if tls.cert_file:
-            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    ctx = tls_context(source.tls)
+    if ctx is not None:
+        # One SSLContext serves pymysql and, through connection_settings, the
+        # binlog stream (mysql-replication opens its connections with pymysql).
         kwargs["ssl"] = ctx
+    elif source.tls is not None:
+        kwargs["ssl_disabled"] = True
     return kwargs
+
+
+def tls_context(tls: TlsSettings | None) -> ssl.SSLContext | None:
+    """The SSLContext for `source.tls` (None: no TLS); bad files are exit 2, one line."""
+    if tls is None or tls.mode == "disable":
+        return None
+    tls.require_readable_files("source.tls")
+    try:
+        # Without ca_file: the system's trusted CAs.
+        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"source.tls.ca_file: expected PEM CA certificates: {exc}") from None
+    ctx.check_hostname = tls.mode == "verify-full"  # pymysql's ssl_verify_identity
+    if tls.mode == "require":
+        ctx.verify_mode = ssl.CERT_NONE  # encrypted, server unchecked
+    if tls.cert_file and tls.key_file:
+        try:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigError(
+                f"source.tls.cert_file/key_file: expected a PEM certificate and its "
+                f"unencrypted key: {exc}") from None
+    return ctx
 
 
 def connect(kwargs: dict[str, Any], what: str) -> pymysql.connections.Connection[Any]:

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from agent.errors import ServiceError
-from agent.settings import SourceSettings
+from agent.settings import SourceSettings, TlsSettings
 from connectors.postgres.pgtypes import REPLICATION_SESSION_SETTINGS
 
 # Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
@@ -63,15 +63,25 @@ def connection_params(source: SourceSettings) -> dict[str, Any]:
     }
     if source.password is not None:
         params["password"] = source.password.get_secret_value()
-    tls = source.tls
-    if tls is not None:
-        params["sslmode"] = tls.mode
-        if tls.ca_file:
-            params["sslrootcert"] = str(tls.ca_file)
-        if tls.cert_file:
-            params["sslcert"] = str(tls.cert_file)
-        if tls.key_file:
-            params["sslkey"] = str(tls.key_file)
+    params.update(tls_params(source.tls))
+    return params
+
+
+def tls_params(tls: TlsSettings | None) -> dict[str, str]:
+    """libpq's ssl* parameters for `source.tls`; unreadable files are exit 2 here."""
+    if tls is None:
+        return {}
+    tls.require_readable_files("source.tls")
+    params: dict[str, str] = {"sslmode": tls.mode}
+    if tls.ca_file:
+        params["sslrootcert"] = str(tls.ca_file)
+    elif tls.mode == "verify-full" and psycopg.pq.version() >= 160000:
+        # Without a CA file, check against the system's trusted CAs (as the
+        # MySQL and Kafka connections do), not libpq's ~/.postgresql/root.crt.
+        params["sslrootcert"] = "system"
+    if tls.cert_file and tls.key_file:
+        params["sslcert"] = str(tls.cert_file)
+        params["sslkey"] = str(tls.key_file)
     return params
 
 
