@@ -99,7 +99,8 @@ _text: Converter = bytes.decode
 
 
 def _bool(v: bytes) -> bool:
-    return v == b"t"
+    # pgoutput and COPY send "t"/"f"; bool::text (restore's read-back) "true"/"false".
+    return v == b"t" or v == b"true"
 
 
 def _float(v: bytes) -> float | str:
