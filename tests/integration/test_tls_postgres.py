@@ -193,7 +193,7 @@ def test_check_and_run_over_verify_full(tls_pg: tuple[PostgresServer, TlsFiles],
         wait_for(lambda: (state / "checkpoint.json").exists(), 60, "initial snapshot")
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO t VALUES (2, 'b')")
-            end = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+            (end,) = conn.execute("SELECT pg_current_wal_lsn()").fetchone() or (None,)
             # Every connection the agent holds (the walsender too) is encrypted.
             rows = conn.execute(
                 "SELECT a.backend_type, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)"
