@@ -68,7 +68,8 @@ _CHUNK_ROWS = 100_000  # rows per LOAD DATA file: bounded temporary disk use
 _INSERT_ROWS = 2_000  # rows per executemany call (pymysql folds them into multi-row INSERTs)
 _FETCH = 5_000
 # LOAD DATA's default escapes (ESCAPED BY '\\'): backslash, tab, newline, CR, NUL.
-_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"})
+_ESCAPE_OF = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"}
+_SPECIAL = re.compile("[\\\\\t\n\r\0]")
 
 
 # ------------------------------------------------------------------ value conversion
@@ -133,38 +134,47 @@ def param_converter(column: Column) -> Convert:
     return convert
 
 
+def _escape(text: str) -> str:
+    return _SPECIAL.sub(lambda m: _ESCAPE_OF[m.group()], text)
+
+
 def load_data_field(column: Column) -> tuple[Convert, str | None]:
     """JSON value -> LOAD DATA field text, and the SET expression (over `@v`) if any.
 
     Binary values travel as base64 and are decoded by the server (FROM_BASE64),
     BIT as a number (a bare field would be taken as a string of bits' bytes),
-    YEAR as four digits (a field `0` would mean 2000).
+    YEAR as four digits (a field `0` would mean 2000). Only free text can hold
+    the characters LOAD DATA escapes; numbers, dates and base64 never do.
     """
     t = base_type(column.type_name)
-    param = param_converter(column)
-    expr: str | None = None
-    text: Convert
     if t in _BINARY:
-        expr = "FROM_BASE64(@v)"
-        text = str
-    elif t == "bit":
-        expr = "CAST(@v AS UNSIGNED)"
-        text = str
-    elif t == "year":
-        def text(v: Any) -> str:
-            return f"{v:04d}"
-    elif t in ("float", "double", "real", "double precision"):
-        text = repr
-    else:
-        text = str
+        return _plain_field(str), "FROM_BASE64(@v)"
+    if t == "bit":
+        return _plain_field(str), "CAST(@v AS UNSIGNED)"
+    if t == "year":
+        return _plain_field(lambda v: f"{v:04d}"), None
+    if t in _INTS:
+        return _plain_field(str), None
+    if t in ("decimal", "numeric", "time") or (t == "date" and column.nullable):
+        return _plain_field(str), None
+    param = param_converter(column)
+    if t in ("float", "double", "real", "double precision"):
+        return _plain_field(lambda v: repr(param(v))), None
+    if t in ("datetime", "timestamp") and column.nullable:
+        return _plain_field(param), None
 
     def field(v: Any) -> str:
-        if t in _BINARY:
-            return "\\N" if v is None else str(v)
         p = param(v)
-        return "\\N" if p is None else text(p).translate(_ESCAPES)
+        return "\\N" if p is None else _escape(p)
 
-    return field, expr
+    return field, None
+
+
+def _plain_field(text: Callable[[Any], str]) -> Convert:
+    def field(v: Any) -> str:
+        return "\\N" if v is None else text(v)
+
+    return field
 
 
 def read_converter(column: Column, data_type: str) -> Convert:
