@@ -54,7 +54,9 @@ def match_sql(table: TableSchema, match: RowMatch) -> tuple[sql.Composed, list[l
     return where, arrays
 
 
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+# PostgreSQL's own spacing (", " and ": ", as jsonb prints): a `json` column
+# keeps its input text, and this is the form most often written into it.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False).encode
 _FETCH = 5000
 
 
@@ -282,8 +284,7 @@ class PgApplier:
 
     def begin(self) -> None:
         """Start the one transaction of an in-place restore or a preview."""
-        self.conn.rollback()
-        self.conn.execute("BEGIN")
+        self.conn.rollback()  # psycopg opens the transaction with the next statement
 
     def finish(self, commit: bool) -> None:
         if commit:
