@@ -24,7 +24,7 @@ from agent.archive.catalog import CatalogEntry
 from agent.archive.reader import ArchiveReader, segment_entries
 from agent.crypto.keyfiles import SigningKey, load_keyhash_key, load_signing_key
 from agent.crypto.keyhash import KeyHasher
-from agent.errors import IntegrityError, NotYetAvailable, UsageError
+from agent.errors import IntegrityError, UsageError
 from agent.events import TableSchema
 from agent.restore.audit import audit_body, write_audit
 from agent.restore.candidates import Candidates
@@ -146,6 +146,17 @@ def default_applier(dsn: str) -> Applier:
     return PgApplier(dsn)
 
 
+def _check_target_kind(settings: Settings, dsn: str) -> None:
+    """Rows captured from one database kind are restored into the same kind."""
+    scheme = dsn.split("://", 1)[0].lower() if "://" in dsn else "postgresql"
+    target = "mysql" if scheme in ("mysql", "mariadb") else "postgres"
+    if target != settings.source.type:
+        raise UsageError(
+            f"--target-dsn: this archive was captured from {settings.source.type}; "
+            f"expected a {settings.source.type} target, found a {target} DSN"
+        )
+
+
 def _check_flags(opts: RestoreOptions) -> None:
     if opts.in_place and not opts.yes and not opts.preview:
         raise UsageError(
@@ -191,10 +202,7 @@ def run_restore(
     applier_factory: ApplierFactory | None = None,
 ) -> RestoreReport:
     _check_flags(opts)
-    if settings.source.type != "postgres":
-        raise NotYetAvailable(
-            "restore: MySQL/MariaDB targets are not available in this version yet"
-        )
+    _check_target_kind(settings, opts.target_dsn)
     writes = not opts.preview
     signer = _signer(settings) if writes else None
     store = CountingStore(open_store(settings))

@@ -117,8 +117,9 @@ def current_rows(
     if entity is None:
         return out
     root, links = entity
-    root_table = by_name[root.table]
-    take(root_table, RowMatch((root.column,), [[root.value.text]]))
+    if root.table not in by_name:  # e.g. a new target schema: nothing there yet
+        return out
+    take(by_name[root.table], RowMatch((root.column,), [[root.value.text]]))
     active = [ln for ln in links if ln.child in by_name and ln.parent in by_name]
     changed = True
     while changed:

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from agent.restore.checksum import TableChecksum
+from agent.settings import redact_url
+
+_KV_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 
 
 def redact_dsn(dsn: str) -> str:
     """The DSN without its password (URL or key=value form)."""
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    try:
-        params = conninfo_to_dict(dsn)
-    except Exception:  # a malformed DSN: show nothing of it
-        return "<dsn>"
-    params.pop("password", None)
-    return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
+    if "://" in dsn:
+        return redact_url(dsn)
+    return _KV_PASSWORD.sub("password=***", dsn)
 
 
 @dataclass
