@@ -230,6 +230,18 @@ class PgApplier:
                     "SELECT setval({}, coalesce((SELECT max({}) FROM {}), 0) + 1, false)"
                 ).format(sql.Literal(f'"{target_schema}"."{seq}"'), sql.Identifier(column), ident)
             )
+        for column in ddl.identities:
+            self.conn.execute(
+                sql.SQL(
+                    "SELECT setval(pg_get_serial_sequence({}, {}),"
+                    " coalesce((SELECT max({}) FROM {}), 0) + 1, false)"
+                ).format(
+                    sql.Literal(ident.as_string(self.conn)),
+                    sql.Literal(column),
+                    sql.Identifier(column),
+                    ident,
+                )
+            )
         log.info("restored %s rows into %s.%s", n, target_schema, table.table)
         return n
 
