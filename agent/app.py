@@ -390,10 +390,29 @@ class App:
         return None if d is None else d.position
 
     def _link_columns(self) -> dict[str, list[str]]:
+        """Columns whose values each segment's index holds, so an entity restore
+        opens only the segments that matter: the foreign-key columns of the newest
+        snapshot's definitions, and the `from` columns of entity_links."""
+        trusted = {self.writer.own_verify.key_id: self.writer.own_verify}
+        snaps = complete_snapshots(list(catalog.read_chain(self.store, trusted)))
+        tables = snaps[-1].tables if snaps else []
         links: dict[str, list[str]] = {}
+
+        def add(table: str, column: str) -> None:
+            columns = links.setdefault(table, [])
+            if column not in columns:
+                columns.append(column)
+
+        for t in tables:
+            for fk in t.foreign_keys:
+                for column in fk.columns:
+                    add(t.qualified, column)
         for link in self.settings.entity_links:
             table, _, column = link.from_.rpartition(".")
-            links.setdefault(table, []).append(column)
+            if "." not in table:  # `table.column`: the sink looks tables up as schema.table
+                named = [t.qualified for t in tables if t.table == table]
+                table = named[0] if len(named) == 1 else table
+            add(table, column)
         return links
 
     def _checkpoint_from_archive(self) -> Checkpoint | None:
