@@ -9,7 +9,7 @@ import struct
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,3 +312,27 @@ def require_password(server: Any, password: str) -> str:
     hba.write_text(rules + hba.read_text())
     server.execute("SELECT pg_reload_conf()")
     return f"postgresql://{PASSWORD_ROLE}@{server.host}:{server.port}/postgres"
+
+
+def start_with_metrics(write_config_for: Callable[[int], Path], log: Path,
+                       env: dict[str, str] | None = None) -> tuple[AgentProcess, int]:
+    """Start the agent with metrics on a free port; another process may grab the
+    port between choosing and binding it, so try again with a new one."""
+    from tests.servers.processes import free_port
+
+    for _attempt in range(3):
+        port = free_port()
+        agent = AgentProcess(write_config_for(port), log, env=env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if not agent.alive():
+                break
+            try:
+                scrape(port)
+                return agent, port
+            except OSError:
+                time.sleep(0.2)
+        agent.stop()
+        if "Address already in use" not in agent.log():
+            raise AssertionError(f"agent did not serve /metrics: {agent.log()[-2000:]}")
+    raise AssertionError("no free port for the metrics server after 3 attempts")

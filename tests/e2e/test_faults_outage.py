@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.e2e.agent_process import AgentProcess, make_keys, wait_for, write_config
+from tests.e2e.agent_process import make_keys, wait_for, write_config
 from tests.e2e.fault_tools import (
     Workload,
     assert_exactly,
@@ -24,10 +25,10 @@ from tests.e2e.fault_tools import (
     metric,
     read_events,
     scrape,
+    start_with_metrics,
     table_state,
 )
 from tests.servers.moto import MotoS3
-from tests.servers.processes import free_port
 
 OUTAGE = 30.0
 
@@ -69,10 +70,11 @@ class MetricsWatch:
         return [s for s in self.samples if start <= s.at <= end]
 
 
-def _run_outage(tmp_path: Path, dsn: str, config: Path, keys: dict[str, Path], port: int,
+def _run_outage(tmp_path: Path, dsn: str, configure: Callable[[int], Path], keys: dict[str, Path],
                 sink: str, freeze: Any, thaw: Any, env: dict[str, str] | None = None) -> None:
     state = tmp_path / "state"
-    agent = AgentProcess(config, tmp_path / "agent.log", env=env)
+    agent, port = start_with_metrics(configure, tmp_path / "agent.log", env=env)
+    config = tmp_path / "cv.yaml"
     workload = Workload(dsn, pause=0.05)
     try:
         wait_for(lambda: checkpoint_lsn(state) is not None, 60, "initial snapshot")
@@ -118,18 +120,20 @@ def test_broker_frozen_30s_loses_nothing_and_holds_checkpoint(
 ) -> None:
     create_schema(pg_database.dsn)
     keys = make_keys(tmp_path / "keys")
-    port = free_port()
-    config = write_config(
-        tmp_path / "cv.yaml",
-        source={"type": "postgres", "dsn": pg_database.dsn, "slot": "cv_broker", "publication": "cv_broker"},
-        archive_url=(tmp_path / "archive").as_uri(),
-        keys=keys,
-        state_dir=tmp_path / "state",
-        kafka={"bootstrap_servers": [kafka_broker.bootstrap], "topic_prefix": kafka_topic_prefix,
-               "replication_factor": 1, "min_insync_replicas": 1},
-        extra={"metrics_listen": f"127.0.0.1:{port}"},
-    )
-    _run_outage(tmp_path, pg_database.dsn, config, keys, port, "kafka",
+
+    def configure(port: int) -> Path:
+        return write_config(
+            tmp_path / "cv.yaml",
+            source={"type": "postgres", "dsn": pg_database.dsn, "slot": "cv_broker", "publication": "cv_broker"},
+            archive_url=(tmp_path / "archive").as_uri(),
+            keys=keys,
+            state_dir=tmp_path / "state",
+            kafka={"bootstrap_servers": [kafka_broker.bootstrap], "topic_prefix": kafka_topic_prefix,
+                   "replication_factor": 1, "min_insync_replicas": 1},
+            extra={"metrics_listen": f"127.0.0.1:{port}"},
+        )
+
+    _run_outage(tmp_path, pg_database.dsn, configure, keys, "kafka",
                 kafka_broker.pause, kafka_broker.resume)
 
 
@@ -149,16 +153,20 @@ def test_s3_frozen_30s_loses_nothing_and_holds_checkpoint(
     create_schema(pg_database.dsn)
     bucket = private_s3.create_bucket("cv-faults")
     keys = make_keys(tmp_path / "keys")
-    port = free_port()
-    config = write_config(
-        tmp_path / "cv.yaml",
-        source={"type": "postgres", "dsn": pg_database.dsn, "slot": "cv_s3", "publication": "cv_s3"},
-        archive_url=f"s3://{bucket}/archive",
-        keys=keys,
-        state_dir=tmp_path / "state",
-        extra={"metrics_listen": f"127.0.0.1:{port}"},
-    )
-    doc = config.read_text().replace("segment_max_age: 1s", f"segment_max_age: 1s\n  s3_endpoint_url: {private_s3.endpoint_url}")
-    config.write_text(doc)
-    _run_outage(tmp_path, pg_database.dsn, config, keys, port, "archive",
+
+    def configure(port: int) -> Path:
+        config = write_config(
+            tmp_path / "cv.yaml",
+            source={"type": "postgres", "dsn": pg_database.dsn, "slot": "cv_s3", "publication": "cv_s3"},
+            archive_url=f"s3://{bucket}/archive",
+            keys=keys,
+            state_dir=tmp_path / "state",
+            extra={"metrics_listen": f"127.0.0.1:{port}"},
+        )
+        doc = yaml.safe_load(config.read_text())
+        doc["archive"]["s3_endpoint_url"] = private_s3.endpoint_url
+        config.write_text(yaml.safe_dump(doc))
+        return config
+
+    _run_outage(tmp_path, pg_database.dsn, configure, keys, "archive",
                 private_s3.pause, private_s3.resume, env=private_s3.env())

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from tests.servers.postgres import PostgresServer
 from tests.servers.tansu import TansuBroker
 
 MARKER = "hostile-marker"
+ROWS = 6
 # One worker builds the archives once for the whole module.
 pytestmark = pytest.mark.xdist_group("hostile_archive")
 
@@ -83,9 +83,10 @@ def built(pg_server: PostgresServer, kafka_broker: TansuBroker,
         for i in range(2):
             wait_caught_up(dsn, root / f"state-{'ab'[i]}", 60)
         with psycopg.connect(dsn, autocommit=True) as conn:
-            for i in range(1, 9):
+            for i in range(1, ROWS + 1):
                 conn.execute("INSERT INTO items VALUES (%s, %s)", (i, f"{MARKER}-{i}"))
-                time.sleep(0.6)  # segment_max_age is 1s: several segments
+                # Durable (its segment closed) before the next: one segment each.
+                wait_caught_up(dsn, root / "state-a", 60)
         for i in range(2):
             wait_caught_up(dsn, root / f"state-{'ab'[i]}", 60)
     finally:
@@ -156,7 +157,7 @@ def _catalog(case: Case) -> list[Path]:
 def test_intact_archive_reads(built: Built, case: Case) -> None:
     proc = _events(case)
     assert proc.returncode == 0, proc.stderr
-    assert sum(MARKER in line for line in proc.stdout.splitlines()) == 8
+    assert sum(MARKER in line for line in proc.stdout.splitlines()) == ROWS
     assert _verify(case, decrypt=True).returncode == 0
 
 
@@ -316,7 +317,7 @@ def test_genuine_kafka_history_reads(built: Built) -> None:
     proc = cli(["events", "-c", str(built.config), "--from-kafka",
                 "--private-key", str(built.keys["archive.key"])])
     assert proc.returncode == 0, proc.stderr
-    assert sum(MARKER in line for line in proc.stdout.splitlines()) == 8
+    assert sum(MARKER in line for line in proc.stdout.splitlines()) == ROWS
 
 
 @pytest.mark.parametrize("signer_mode", ["untrusted-key", "claims-trusted"])

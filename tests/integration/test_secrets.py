@@ -11,6 +11,7 @@ import re
 import subprocess
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,10 @@ from tests.e2e.fault_tools import (
     checkpoint_lsn,
     require_password,
     scrape,
+    start_with_metrics,
     wait_caught_up,
 )
 from tests.servers.postgres import PostgresServer
-from tests.servers.processes import free_port
 
 PASSWORD = "Sup3r-s3cret-db-pa55-4e1c"
 WRONG = "Wr0ng-s3cret-db-pa55-b7d2"
@@ -71,17 +72,21 @@ def test_secrets_never_appear(scram_pg: tuple[PostgresServer, str], kafka_broker
     pw_file = tmp_path / "db-password"
     pw_file.write_text(PASSWORD + "\n")
     pw_file.chmod(0o600)
-    port = free_port()
     state = tmp_path / "state"
-    config = write_config(
-        tmp_path / "cv.yaml",
-        source={"type": "postgres", "dsn": dsn, "password_file": str(pw_file),
-                "slot": "cv_secrets", "publication": "cv_secrets"},
-        archive_url=(tmp_path / "archive").as_uri(), keys=keys, state_dir=state,
-        kafka={"bootstrap_servers": [kafka_broker.bootstrap], "topic_prefix": f"cv_secrets_{port}",
-               "replication_factor": 1, "min_insync_replicas": 1},
-        extra={"metrics_listen": f"127.0.0.1:{port}", "log_level": "debug"},
-    )
+
+    def configure(port: int) -> Path:
+        return write_config(
+            tmp_path / "cv.yaml",
+            source={"type": "postgres", "dsn": dsn, "password_file": str(pw_file),
+                    "slot": "cv_secrets", "publication": "cv_secrets"},
+            archive_url=(tmp_path / "archive").as_uri(), keys=keys, state_dir=state,
+            kafka={"bootstrap_servers": [kafka_broker.bootstrap], "topic_prefix": f"cv_secrets_{prefix}",
+                   "replication_factor": 1, "min_insync_replicas": 1},
+            extra={"metrics_listen": f"127.0.0.1:{port}", "log_level": "debug"},
+        )
+
+    prefix = uuid.uuid4().hex[:8]
+    config = configure(0)
     forms = secret_forms(keys)
     outputs: list[tuple[str, str]] = []
 
@@ -91,7 +96,7 @@ def test_secrets_never_appear(scram_pg: tuple[PostgresServer, str], kafka_broker
         return proc
 
     assert run_cli("check", "-c", str(config)).returncode == 0, outputs[-1]
-    agent = AgentProcess(config, tmp_path / "agent.log")
+    agent, port = start_with_metrics(configure, tmp_path / "agent.log")
     try:
         wait_for(lambda: checkpoint_lsn(state) is not None, 60, "initial snapshot")
         with psycopg.connect(dsn, password=PASSWORD, autocommit=True) as conn:
