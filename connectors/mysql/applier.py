@@ -33,9 +33,9 @@ import pymysql
 import pymysql.converters
 import pymysql.cursors
 
-from agent.errors import DecodeError, ServiceError, UsageError
+from agent.errors import DecodeError, NotYetAvailable, ServiceError, UsageError
 from agent.events import Column, TableSchema
-from connectors.base import RestoreRows
+from connectors.base import RestoreRows, RowChanges, RowMatch
 from connectors.mysql.connection import quote_identifier as q
 from connectors.mysql.ddl import base_type, foreign_key_ddl, table_ddl
 from connectors.mysql.snapshot import value_converter
@@ -423,6 +423,52 @@ class MySQLApplier:
 
     def close(self) -> None:
         self.conn.close()
+
+    # --- preview and in place: not built for MySQL/MariaDB targets yet. These
+    # refuse plainly (exit 2) instead of pretending; a whole or --tables
+    # restore into a new database works.
+
+    def table_exists(self, target_schema: str, table: str) -> bool:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = %s"
+                " AND table_name = %s",
+                (target_schema, table),
+            )
+            return cur.fetchone() is not None
+
+    def begin(self) -> None:
+        raise _in_place_unavailable()
+
+    def finish(self, commit: bool) -> None:
+        raise _in_place_unavailable()
+
+    def select_rows(
+        self, target_schema: str, table: TableSchema, match: RowMatch | None, lock: bool
+    ) -> list[list[Any]]:
+        raise _in_place_unavailable()
+
+    def triggers(self, target_schema: str, table: str) -> list[str]:
+        raise _in_place_unavailable()
+
+    def cascade_outside(
+        self,
+        target_schema: str,
+        table: TableSchema,
+        deleted: list[list[Any]],
+        scope: dict[str, tuple[TableSchema, list[list[Any]]]],
+    ) -> str | None:
+        raise _in_place_unavailable()
+
+    def apply_rows(self, target_schema: str, table: TableSchema, changes: RowChanges) -> None:
+        raise _in_place_unavailable()
+
+
+def _in_place_unavailable() -> NotYetAvailable:
+    return NotYetAvailable(
+        "restore: --preview and --in-place into MySQL/MariaDB are not available in this "
+        "version; restore into a new database instead"
+    )
 
 
 def _text(v: Any) -> str:
