@@ -51,7 +51,7 @@ from agent.crypto.keyfiles import (
 from agent.errors import ChangevaultError, IntegrityError
 from agent.events import Column, ForeignKey, Index, Position, TableSchema
 
-FUZZ = settings(max_examples=120, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=80, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 ARCHIVE_ID = "arch-1"
 KEY = "segments/00000000000000000001.seg"
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)

@@ -35,7 +35,7 @@ from connectors.mysql.table_map import parse_table_map
 
 DATA = Path(__file__).parent / "data" / "binlog" / "mariadb_events.jsonl"
 EVENTS: list[bytes] = [bytes.fromhex(json.loads(line)["data"]) for line in DATA.open()]
-FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=100, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 CHARSETS = {33: "utf8mb3", 45: "utf8mb4", 46: "utf8mb4", 8: "latin1", 63: "binary", 224: "utf8mb4"}
 EOF_PACKET = b"\xfe\x00\x00\x00\x00"
 
