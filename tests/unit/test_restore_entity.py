@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from agent.crypto.keyhash import KeyHasher
 from agent.crypto.keyfiles import KeyhashKey
+from agent.crypto.keyhash import KeyHasher
 from agent.errors import UsageError
 from agent.events import Column, ForeignKey, TableSchema
 from agent.restore.candidates import Candidates
