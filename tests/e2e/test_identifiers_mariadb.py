@@ -2,13 +2,15 @@
 
 Captured end to end through the real agent (archive and Kafka), named exactly in
 the events, valid topic names, `check` passes. (MariaDB identifiers allow the
-Unicode BMP only, so no emoji here; restore into MySQL is not available yet.)
+Unicode BMP only, so no emoji here.) A restore into a new database with a
+hostile name reproduces the tables.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +141,21 @@ def test_hostile_identifiers_round_trip(mariadb_server: Any, mysql_database: Any
     for topic in topics:
         assert re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic), topic
     assert cli(["verify", "-c", str(config)]).returncode == 0
+
+    # Restore every table into a new database whose name needs quoting; compare exactly.
+    target = f"r{uuid.uuid4().hex[:6]} Wieder hergestellt ü"
+    try:
+        restored = cli(["restore", "-c", str(config), "--to", "2999-01-01T00:00:00",
+                        "--target-dsn", mysql_database.dsn, "--target-schema", target,
+                        "--private-key", str(keys["archive.key"])])
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        assert "MISMATCH" not in restored.stdout, restored.stdout
+        for table, key, _cols in TABLES:
+            def rows(database: str, table: str = table, key: str = key) -> list[tuple[Any, ...]]:
+                return mariadb_server.execute(f"SELECT * FROM {q(database)}.{q(table)} ORDER BY {q(key)}")
+            assert rows(target) == rows(db), table
+    finally:
+        mariadb_server.execute(f"DROP DATABASE IF EXISTS {q(target)}")
 
 
 def insert_row(cur: Any, table: str, key: str, cols: list[str], n: int) -> None:
