@@ -50,6 +50,13 @@ def _is_zero_date(s: str) -> bool:
     return date.startswith("0000") or "-00" in date
 
 
+def _column_default(default: Any, extra: Any) -> str | None:
+    """The column default as restore needs it; AUTO_INCREMENT is recorded there too."""
+    if "auto_increment" in _text(extra or "").lower():
+        return "auto_increment"
+    return None if default is None else _text(default)
+
+
 def value_converter(data_type: str, is_json: bool) -> Callable[[Any], Any]:
     """Text-protocol value -> the JSON value the binlog decoder emits for the same column."""
     dtype = data_type.lower()
@@ -152,7 +159,7 @@ class MySQLSnapshot:
 
     def _describe(self, db: str, table: str) -> TableSchema:
         cols = self._execute(
-            "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, DATA_TYPE "
+            "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, DATA_TYPE, EXTRA "
             "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=%s AND TABLE_NAME=%s "
             "ORDER BY ORDINAL_POSITION", (db, table))
         if not cols:
@@ -195,7 +202,7 @@ class MySQLSnapshot:
         schema = TableSchema(
             schema=db, table=table,
             columns=tuple(Column(_text(c[0]), "json" if _text(c[0]) in json_cols else _text(c[1]),
-                                 _text(c[2]) == "YES", None if c[3] is None else _text(c[3]))
+                                 _text(c[2]) == "YES", _column_default(c[3], c[5]))
                           for c in cols),
             primary_key=pk,
             foreign_keys=tuple(ForeignKey(n, tuple(f[0]), f[1], f[2], tuple(f[3]), f[4])
@@ -217,8 +224,14 @@ class MySQLSnapshot:
         types, json_cols = self._types[key], self._json[key]
         names = table.column_names
         convert = [value_converter(types[n], n in json_cols) for n in names]
+        # FLOAT's text form has 6 digits; read it as DOUBLE so the snapshot
+        # carries the same value the binlog does.
         sql = "SELECT {} FROM {}.{}".format(
-            ", ".join(quote_identifier(n) for n in names),
+            ", ".join(
+                f"CAST({quote_identifier(n)} AS DOUBLE)" if types[n].lower() == "float"
+                else quote_identifier(n)
+                for n in names
+            ),
             quote_identifier(table.schema), quote_identifier(table.table))
         with self._conn.cursor() as cur:
             cur.execute(sql)
