@@ -98,7 +98,7 @@ def open_entry(raw: bytes, trusted: Mapping[str, VerifyKey], where: str) -> Cata
             raise IntegrityError(f"{where}: unsupported catalog format {payload.get('format')!r}")
     except IntegrityError:
         raise
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise IntegrityError(f"{where}: not a catalog entry (garbled)") from None
     try:
         signing.verify(trusted, key_id, _CONTEXT, canonical(payload), sig)
@@ -117,7 +117,7 @@ def open_entry(raw: bytes, trusted: Mapping[str, VerifyKey], where: str) -> Cata
             signer=key_id,
             digest=hashlib.sha256(raw).hexdigest(),
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise IntegrityError(f"{where}: catalog entry lacks required fields") from None
     if entry.kind not in KINDS:
         raise IntegrityError(f"{where}: unknown catalog entry kind {entry.kind!r}")

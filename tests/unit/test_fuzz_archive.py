@@ -282,20 +282,14 @@ def test_hostile_catalog_entries(raw: bytes) -> None:
         catalog.open_entry(raw, material_trusted(), "catalog/1")
 
 
-# Known bug, reported (agent/archive/catalog.py is outside this suite's author's
-# paths): open_entry catches ValueError/KeyError/TypeError only, so an entry
-# whose "entry" is not an object (AttributeError on .get, before the signature
-# is checked) or absurdly nested JSON (RecursionError) escapes as exit 1 with a
-# traceback instead of a one-line IntegrityError. strict: once fixed, these
-# cases pass and the marker must go.
-@pytest.mark.xfail(strict=True, raises=(AttributeError, RecursionError),
-                   reason="catalog.open_entry lets AttributeError/RecursionError escape")
+# Found by fuzzing: an "entry" that is not an object, and absurdly nested
+# JSON, must be one-line integrity errors too, not exit 1.
 @pytest.mark.parametrize("raw", [
     b'{"entry": [], "key_id": "k", "sig": ""}',
     b'{"entry": "x", "key_id": "k", "sig": ""}',
     b"[" * 200_000,
 ])
-def test_hostile_catalog_entries_known_bug(raw: bytes) -> None:
+def test_malformed_catalog_entries_are_integrity_errors(raw: bytes) -> None:
     with pytest.raises(IntegrityError):
         catalog.open_entry(raw, material_trusted(), "catalog/1")
 
