@@ -123,7 +123,10 @@ class TransactionAssembler:
                 return self._finish(
                     current, self._begin.xid, commit.commit_lsn, commit.end_lsn, commit.commit_ts
                 )
-            current.append(payload)
+            # The hot path: _Pending.append inlined.
+            current.buffer.append(payload)
+            if tag in _SCHEMA_TAGS:
+                current.schema_messages.append((0, payload))
             return None
         if self._stream_xid is not None:
             if tag == 0x45:  # 'E': Stream Stop

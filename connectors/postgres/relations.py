@@ -33,7 +33,7 @@ from connectors.postgres.pgoutput import (
     decode_message,
 )
 from connectors.postgres.pgtypes import Converter, TypeConverters, TypeResolver, format_type
-from connectors.postgres.rowdecoder import RowDecoder, compile_row_decoder
+from connectors.postgres.rowdecoder import PADDING, RowDecoder, compile_row_decoder
 
 # Under REPLICA IDENTITY FULL pgoutput flags every column as key, so the primary
 # key has to come from the catalog: the Source supplies this (pg_index lookup).
@@ -372,6 +372,8 @@ def _compiled_event(
         return None
     pos = relid_at + 4
     marker = buf[pos]
+    end = len(buf)
+    buf += PADDING
     op: Op
     before: Row | None
     after: Row | None
@@ -398,7 +400,7 @@ def _compiled_event(
             return None
         old, key, pos = decode(buf, pos + 1)
         op, before, after = "d", old if marker == _OLD else key, None
-    if pos != len(buf):
+    if pos != end:
         return None
     s = rv.schema
     return _new_event(op, s.schema, s.table, seq, key, before, after, s.version, ())

@@ -28,24 +28,28 @@ from typing import Any, Final
 from agent.events import Row
 from connectors.postgres.pgtypes import INLINE_FORMS, JSON_SCAN, Converter
 
-# (buf, offset of the TupleData) -> (row, key, offset after the TupleData)
+# (message + PADDING, offset of the TupleData) -> (row, key, offset after the TupleData)
 RowDecoder = Callable[[bytes, int], "tuple[Row, Row, int]"]
+PADDING: Final = b"\0\0\0\0"
 
 _U16: Final = struct.Struct(">H").unpack_from
-# Unsigned: a corrupt "negative" length moves past the end of the message,
+# Unsigned length: a corrupt "negative" one moves past the end of the message,
 # which the caller's end-of-message check turns into the general path.
-_U32: Final = struct.Struct(">I").unpack_from
+_KIND_LENGTH: Final = struct.Struct(">BI").unpack_from
 
 
 class NotPlainTuple(Exception):
     """The tuple holds a column kind the compiled decoder leaves to the general path."""
 
 
+# One column: its kind byte and (for 't') the Int32 length in one unpack. A NULL
+# at the end of a message has no 4 bytes after it: callers pass the message with
+# PADDING appended (see RowDecoder).
 _COLUMN: Final = """\
-        k = buf[pos]
+        k, n = KL(buf, pos)
         if k == 116:
             s = pos + 5
-            pos = s + U32(buf, pos + 1)[0]
+            pos = s + n
 {convert}
         elif k == 110:
             pos += 1
@@ -93,7 +97,7 @@ def compile_row_decoder(
     n = len(names)
     params = [f"N{i}" for i in range(n)] + [f"C{i}" for i in range(n)]
     lines = [
-        f"def factory(U32, U16, NotPlainTuple, SCAN{''.join(', ' + p for p in params)}):",
+        f"def factory(KL, U16, NotPlainTuple, SCAN{''.join(', ' + p for p in params)}):",
         "    def decode(buf, pos):",
         f"        if U16(buf, pos)[0] != {n}:",
         "            raise NotPlainTuple",
@@ -109,6 +113,6 @@ def compile_row_decoder(
     namespace: dict[str, Any] = {}
     exec(compile("\n".join(lines), "<pgoutput row decoder>", "exec"), namespace)  # noqa: S102
     decoder: RowDecoder = namespace["factory"](
-        _U32, _U16, NotPlainTuple, JSON_SCAN, *names, *converters
+        _KIND_LENGTH, _U16, NotPlainTuple, JSON_SCAN, *names, *converters
     )
     return decoder

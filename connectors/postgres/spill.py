@@ -31,12 +31,14 @@ class TransactionBuffer:
         self.xid = xid
         self._dir = spill_dir
         self._budget = memory_budget
-        self._memory: list[tuple[int, bytes]] = []
+        # In memory: payloads and their (sub)transaction ids as two parallel lists,
+        # so a message costs two appends and replay can hand out the list itself.
+        self._payloads: list[bytes] = []
+        self._subxids: list[int] = []
         self._memory_bytes = 0
         self._file: BinaryIO | None = None
         self._path: Path | None = None
         self._aborted: set[int] = set()
-        self.count = 0
 
     @property
     def spilled(self) -> bool:
@@ -47,9 +49,9 @@ class TransactionBuffer:
         return self._path
 
     def append(self, payload: bytes, subxid: int = 0) -> None:
-        self.count += 1
         if self._file is None:
-            self._memory.append((subxid, payload))
+            self._payloads.append(payload)
+            self._subxids.append(subxid)
             self._memory_bytes += len(payload) + 64  # rough per-item overhead
             if self._memory_bytes > self._budget:
                 self._spill()
@@ -62,29 +64,36 @@ class TransactionBuffer:
         fd, name = tempfile.mkstemp(prefix=f"xid-{self.xid}-", suffix=".spill", dir=self._dir)
         self._path = Path(name)
         self._file = os.fdopen(fd, "w+b", buffering=_READ_CHUNK)
-        for subxid, payload in self._memory:
+        for subxid, payload in zip(self._subxids, self._payloads, strict=True):
             self._file.write(_RECORD.pack(len(payload), subxid))
             self._file.write(payload)
-        self._memory = []
+        self._payloads, self._subxids = [], []
         self._memory_bytes = 0
 
     def abort_subtransaction(self, subxid: int) -> None:
         """Replay will skip every message of `subxid` (a ROLLBACK TO SAVEPOINT)."""
         self._aborted.add(subxid)
         if self._file is None:
-            kept = [(s, p) for s, p in self._memory if s != subxid]
-            self._memory = kept
-            self._memory_bytes = sum(len(p) + 64 for _s, p in kept)
+            kept = [
+                (s, p) for s, p in zip(self._subxids, self._payloads, strict=True) if s != subxid
+            ]
+            self._subxids = [s for s, _p in kept]
+            self._payloads = [p for _s, p in kept]
+            self._memory_bytes = sum(len(p) + 64 for p in self._payloads)
 
     def replay(self) -> Iterator[bytes]:
-        """Every message not aborted, in order; then the buffer is discarded."""
+        """Every message not aborted, in order; the buffer is discarded as it is read."""
+        if self._file is None:
+            payloads, subxids, aborted = self._payloads, self._subxids, self._aborted
+            self.discard()
+            if aborted:  # removed from memory at the abort; this covers any sent later
+                payloads = [p for s, p in zip(subxids, payloads, strict=True) if s not in aborted]
+            return iter(payloads)
+        return self._replay_file()
+
+    def _replay_file(self) -> Iterator[bytes]:
+        assert self._file is not None
         try:
-            if self._file is None:
-                memory, self._memory = self._memory, []
-                for subxid, payload in memory:
-                    if subxid not in self._aborted:
-                        yield payload
-                return
             self._file.flush()
             self._file.seek(0)
             read = self._file.read
@@ -99,7 +108,7 @@ class TransactionBuffer:
             self.discard()
 
     def discard(self) -> None:
-        self._memory = []
+        self._payloads, self._subxids = [], []
         self._memory_bytes = 0
         if self._file is not None:
             self._file.close()
