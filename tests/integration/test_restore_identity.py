@@ -9,8 +9,8 @@ import psycopg
 
 from agent.events import TableSchema
 from connectors.postgres.applier import PgApplier
-from connectors.postgres.snapshot import read_table_schema
 from connectors.postgres.slots import TableRef
+from connectors.postgres.snapshot import read_table_schema
 
 
 def _schema_of(conn: psycopg.Connection[Any], table: str) -> TableSchema:
