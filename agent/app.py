@@ -35,7 +35,7 @@ from agent.crypto.datakeys import DataKeyManager
 from agent.crypto.keyfiles import load_keyhash_key, load_recipient_public, load_signing_key
 from agent.crypto.keyhash import KeyHasher
 from agent.envelope import EnvelopeEncoder
-from agent.errors import ConfigError, PositionLostError, ServiceError, UsageError
+from agent.errors import ConfigError, PositionLostError, RefusedError, ServiceError, UsageError
 from agent.events import Position
 from agent.http import HealthServer, ProgressWatch, Verdict
 from agent.logs import configure_logging
@@ -75,9 +75,10 @@ def source_id(settings: Settings) -> str:
 class _MetricsObserver:
     """PipelineObserver that feeds the Prometheus metrics."""
 
-    def __init__(self, metrics: Metrics, sink_names: list[str]) -> None:
+    def __init__(self, metrics: Metrics, sink_names: list[str], up: dict[str, bool]) -> None:
         self.metrics = metrics
         self.sink_names = sink_names
+        self.up = up  # read live by changevault_sink_up and /readyz
 
     def transaction_done(self, counts: dict[tuple[str, str], int]) -> None:
         for (table, op), n in counts.items():
@@ -85,7 +86,9 @@ class _MetricsObserver:
         self.metrics.count_transaction()
 
     def sink_state(self, sink: str, up: bool) -> None:
-        pass  # sink_up is read live from App.sink_up
+        # Up once its open() succeeded; down from its failure until a rebuilt
+        # pipeline opens it again.
+        self.up[sink] = up
 
     def sink_error(self, sink: str) -> None:
         self.metrics.count_sink_error(sink)
@@ -214,11 +217,9 @@ class App:
                 try:
                     self._attempt()
                     backoff.reset()
-                except (PositionLostError, UsageError, LeaseHeld, LeaseLost):
+                except (PositionLostError, RefusedError, UsageError, LeaseHeld, LeaseLost):
                     raise
                 except ServiceError as exc:
-                    for name in self._sink_names():
-                        self._sinks_up[name] = False
                     delay = backoff.next_delay()
                     log.warning("capture interrupted: %s; retrying in %.1fs", exc, delay)
                     self.metrics.count_reconnect("pipeline")
@@ -271,11 +272,9 @@ class App:
                 self.encoder,
                 self._save_checkpoint,
                 self._pipeline_stop,
-                observer=_MetricsObserver(self.metrics, [s.name for s in sinks]),
+                observer=_MetricsObserver(self.metrics, [s.name for s in sinks], self._sinks_up),
             )
             self.pipeline = pipeline
-            for s in sinks:
-                self._sinks_up[s.name] = True
             self.notifier.status(self._status_line())
             pipeline.run()
         finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 from agent.app import App, build_source
 from agent.archive.access import open_store
 from agent.archive.writer import LEASE_NAME, agent_identity
-from agent.errors import UsageError
+from agent.errors import ServiceError, UsageError
 from agent.logs import configure_logging
 from agent.scheduler import request_snapshot, wait_for_answer
 from agent.settings import Settings, load_settings
@@ -44,7 +44,8 @@ def check_command(args: argparse.Namespace) -> int:
     failed = [r for r in results if not r.ok and r.fatal]
     if failed:
         first = failed[0]
-        raise UsageError(f"{len(failed)} check(s) failed; first: {first.name}: {first.detail}")
+        error = ServiceError if any(r.service for r in failed) else UsageError
+        raise error(f"{len(failed)} check(s) failed; first: {first.name}: {first.detail}")
     return 0
 
 

@@ -33,6 +33,11 @@ class ServiceError(ChangevaultError):
     exit_code = 3
 
 
+class RefusedError(ServiceError):
+    """The service refused our credentials or privileges (exit 3); retrying
+    with the same configuration cannot help, so the daemon stops."""
+
+
 class PositionLostError(ServiceError):
     """The source no longer has the position we need: slot lost, binlog purged (exit 3)."""
 

@@ -25,6 +25,8 @@ class CheckResult:
     detail: str
     # A failed check that makes `run` refuse to start (exit 2 or 3).
     fatal: bool = True
+    # The failure is a service unreachable or refusing us (exit 3, not 2).
+    service: bool = False
 
 
 # --------------------------------------------------------------------- sources

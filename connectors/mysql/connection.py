@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlsplit
 
 import pymysql
 
-from agent.errors import ConfigError, ServiceError
+from agent.errors import ConfigError, RefusedError, ServiceError
 from agent.settings import SourceSettings, TlsSettings
 
 
@@ -66,7 +66,9 @@ def connect(kwargs: dict[str, Any], what: str) -> pymysql.connections.Connection
     try:
         return pymysql.connect(**kwargs)
     except pymysql.err.MySQLError as exc:
-        raise ServiceError(
+        # 1045 access denied, 1044 no access to the database: not transient.
+        refused = bool(exc.args) and exc.args[0] in (1044, 1045)
+        raise (RefusedError if refused else ServiceError)(
             f"could not connect to MySQL at {kwargs['host']}:{kwargs['port']} for {what}: "
             f"{exc.args[-1] if exc.args else exc}") from None
 

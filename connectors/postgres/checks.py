@@ -30,6 +30,7 @@ def run_checks(settings: Settings, state_dir: Path) -> list[CheckResult]:
                 "postgres connection",
                 False,
                 f"expected to connect to {source.redacted_dsn}, failed: {_last_line(exc)}",
+                service=True,
             )
         ]
     with conn:

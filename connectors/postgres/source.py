@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from agent.errors import PositionLostError, ServiceError, UsageError
+from agent.errors import PositionLostError, RefusedError, ServiceError, UsageError
 from agent.events import (
     Column,
     ForeignKey,
@@ -60,6 +60,24 @@ from connectors.postgres.spill import clear_spill_dir
 log = logging.getLogger(__name__)
 
 _SCHEMAS_FILE = "postgres-schemas.json"
+# invalid_authorization_specification, invalid_password, insufficient_privilege
+AUTH_SQLSTATES = frozenset({"28000", "28P01", "42501"})
+# libpq reports connection-time refusals without a SQLSTATE; these are the
+# server's messages for them (stable across PostgreSQL versions).
+_REFUSALS = (
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",  # role or database
+    "permission denied for database",
+    "must have replication privilege",
+)
+
+
+def is_refusal(exc: BaseException) -> bool:
+    if getattr(exc, "sqlstate", None) in AUTH_SQLSTATES:
+        return True
+    text = str(exc)
+    return any(marker in text for marker in _REFUSALS)
 _HEARTBEAT_PREFIX = "changevault"
 
 
@@ -123,7 +141,9 @@ class PostgresSource:
             try:
                 conn = psycopg.connect(self._dsn, autocommit=True, **self._params)
             except psycopg.OperationalError as exc:
-                raise ServiceError(
+                # Wrong password / no such role / no CONNECT: retrying cannot help.
+                refused = is_refusal(exc)
+                raise (RefusedError if refused else ServiceError)(
                     f"expected PostgreSQL at {self._source.redacted_dsn}, could not connect: "
                     f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}"
                 ) from None

@@ -112,9 +112,14 @@ def test_wrong_password_is_refused_without_echo(
     config = _write(tmp_path, base)
     proc = cli(["check", "-c", str(config)])
     # The database refused us: a service error (CONTRACT.md exit 3), not a
-    # configuration error. Needs agent/app.py check_command to raise
-    # ServiceError when a failed check is a connection refusal.
+    # configuration error.
     assert_one_line(proc, 3, "password authentication failed")
+    assert WRONG not in proc.stderr + proc.stdout
+
+    # `run` stops with exit 3 instead of retrying a refusal forever.
+    proc = cli(["run", "-c", str(config)], timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert "password authentication failed" in proc.stderr
     assert WRONG not in proc.stderr + proc.stdout
 
     # The same password inline in the DSN is redacted too.
