@@ -154,7 +154,7 @@ class Bench:
                                       drain_s=self.plan.latency_drain_s)
         self.values["p50_latency_ms"] = run.percentile(0.50)
         self.values["p99_latency_ms"] = run.percentile(0.99)
-        self.notes["p99_latency_ms"] = (
+        self.notes["p50_latency_ms"] = self.notes["p99_latency_ms"] = (
             f"confluent-kafka; {run.committed} transactions of 100 changes committed in "
             f"{run.seconds:.0f} s ({run.rate_rows_per_s:,.0f} rows/s offered), "
             f"{len(run.latencies_ms)} seen on the transactions topic within "

@@ -76,7 +76,8 @@ def summarize(raw: Path, limit: int = 15) -> str:
             inclusive[name] += n
     if not total:
         return "no samples"
-    lines = [f"{total} samples (100/s, all threads, idle waits included)", "",
+    lines = [f"{total} samples (100/s, all threads; time inside a C call, e.g. librdkafka"
+             " poll(), counts for the Python frame that made it)", "",
              "own %  function"]
     lines += [f"{100 * n / total:5.1f}  {name}" for name, n in own.most_common(limit)]
     lines += ["", "incl % function"]
