@@ -172,6 +172,9 @@ class ArchiveSink:
             "truncate": seg.truncate,
             "schema_change": seg.schema_change,
             "checkpoint": position_to_json(cp) if (cp := self._checkpoint()) else None,
+            # Which columns' values the index covers, so an entity restore may
+            # skip a segment whose index lacks a member's link value.
+            "link_columns": {t: list(cols) for t, cols in self.link_columns.items()},
         }
         self.writer.append(catalog.SEGMENT, body)
         if self._on_segment is not None:
