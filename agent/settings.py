@@ -322,7 +322,8 @@ class KafkaSettings(_Strict):
     replication_factor: int = Field(default=3, ge=1)
     min_insync_replicas: int = Field(default=2, ge=1)
     partitions: int = Field(default=1, ge=1)
-    compression: Literal["gzip", "zstd", "none"] = "gzip"
+    # zstd: ~3x the throughput of gzip on the same broker, smaller too.
+    compression: Literal["gzip", "zstd", "none"] = "zstd"
     security: KafkaSecurity | None = None
     # kafka-python is pure Python (~6k msg/s here); confluent-kafka (librdkafka,
     # the `kafka-fast` extra) is ~15x faster. Same sink, same guarantees.
