@@ -19,17 +19,16 @@ from types import FrameType
 
 from agent.archive import catalog
 from agent.archive.access import open_store, verify_key_of
-from agent.archive.reader import complete_snapshots
-from agent.archive.retention import RetentionRequests, oldest_restorable
+from agent.archive.catalog import CatalogEntry
+from agent.archive.derived import archived_checkpoint, link_columns, newest_snapshot_tables
+from agent.archive.retention import RetentionRequests
 from agent.archive.sink import ArchiveSink
-from agent.archive.snapshot import SnapshotWriter
 from agent.archive.writer import ArchiveWriter, agent_identity
 from agent.checkpoint import (
     Checkpoint,
     CheckpointStore,
     Durable,
     now_utc,
-    position_from_json,
 )
 from agent.crypto.datakeys import DataKeyManager
 from agent.crypto.keyfiles import load_keyhash_key, load_recipient_public, load_signing_key
@@ -49,6 +48,7 @@ from agent.scheduler import (
 )
 from agent.sdnotify import SystemdNotifier
 from agent.settings import Settings, load_settings
+from agent.snapshots import Snapshots
 from connectors.base import Sink, SnapshotReader, Source
 from connectors.storage.lease import LeaseHeld, LeaseLost
 
@@ -141,15 +141,19 @@ class App:
         self.source: Source | None = None
         self._sinks_up: dict[str, bool] = {}
         self._checkpoint_ts: float | None = None
-        self._last_snapshot_ts: float | None = None
-        self._oldest_restorable_ts: float | None = None
-        self._installed_ts: float | None = None
         self.position_lost = False
-        # The scheduled snapshot in progress (its held xmin is a metric).
-        self._active_snapshot: SnapshotReader | None = None
+        self.snapshots = Snapshots(
+            self.writer,
+            self.data_keys,
+            self.encoder,
+            settings.archive.segment_max_bytes,
+            self.metrics,
+            self._snapshot_progress,
+        )
         self.scheduler: SnapshotScheduler | None = None
         self.retention_requests: RetentionRequests | None = None
         self.http: HealthServer | None = None
+        self._catalog: list[CatalogEntry] = []
 
     # ------------------------------------------------------------ metrics
 
@@ -160,9 +164,10 @@ class App:
         m.bind_behind_bytes(self._behind_bytes)
         # 0 rather than "no sample": the no-snapshot alert keys on the value.
         m.bind_checkpoint_timestamp(lambda: self._checkpoint_ts or 0.0)
-        m.bind_last_snapshot_timestamp(lambda: self._last_snapshot_ts or 0.0)
-        m.bind_installed_timestamp(lambda: self._installed_ts)
-        m.bind_oldest_restorable_timestamp(lambda: self._oldest_restorable_ts or 0.0)
+        times = self.snapshots.times
+        m.bind_last_snapshot_timestamp(lambda: times.last_snapshot or 0.0)
+        m.bind_installed_timestamp(lambda: times.installed)
+        m.bind_oldest_restorable_timestamp(lambda: times.oldest_restorable or 0.0)
         m.bind_position_lost(lambda: self.position_lost)
         m.bind_snapshot_xmin_age(self._snapshot_xmin_age)
         for name in self._sink_names():
@@ -184,7 +189,7 @@ class App:
 
     def _snapshot_xmin_age(self) -> float | None:
         """Transactions the running snapshot's xmin is behind (PostgreSQL only)."""
-        xmin = getattr(self._active_snapshot, "held_xmin", None)
+        xmin = getattr(self.snapshots.active, "held_xmin", None)
         src = self.source
         if xmin is None or src is None:
             return None
@@ -208,7 +213,10 @@ class App:
         try:
             self.notifier.status("opening the archive")
             self.writer.open()
-            self._read_archive_state()
+            trusted = {self.writer.own_verify.key_id: self.writer.own_verify}
+            # Read once: a long archive's catalog is many objects on S3.
+            self._catalog = list(catalog.read_chain(self.store, trusted))
+            self.snapshots.times.read_entries(self._catalog)
             control.start()
             self.scheduler = self._build_scheduler()
             self.scheduler.start()
@@ -284,14 +292,14 @@ class App:
 
     def _initial_snapshot(self, reader: SnapshotReader) -> None:
         self.notifier.status(f"initial snapshot {reader.snapshot_id}")
-        self._write_snapshot(reader)
+        self.snapshots.write(reader)
         self._save_checkpoint(Durable(0, reader.position, None))
 
     # ------------------------------------------------- scheduled snapshots
 
     def _build_scheduler(self) -> SnapshotScheduler:
         requests = RetentionRequests(
-            self.writer, self.settings.retention, on_horizon=self._horizon_recorded
+            self.writer, self.settings.retention, on_horizon=self.snapshots.times.horizon_recorded
         )
         self.retention_requests = requests
         return SnapshotScheduler(
@@ -299,7 +307,7 @@ class App:
             self.settings.state_dir,
             self._scheduled_snapshot,
             self._streaming,
-            lambda: self._last_snapshot_ts,
+            lambda: self.snapshots.times.last_snapshot,
             self.stop,
             on_failure=lambda exc: self.metrics.count_snapshot_failure(),
             chores=requests.poll,
@@ -315,33 +323,7 @@ class App:
         source = self.source
         if source is None:
             raise ServiceError("the pipeline is restarting; the snapshot waits for it")
-        return self._write_snapshot(source.take_snapshot())
-
-    def _write_snapshot(self, reader: SnapshotReader) -> SnapshotOutcome:
-        self._active_snapshot = reader
-        self.notifier.status(f"snapshot {reader.snapshot_id}")
-        log.info("snapshot %s at %s started", reader.snapshot_id, reader.position.text)
-        started = time.monotonic()
-        try:
-            result = SnapshotWriter(
-                self.writer,
-                self.data_keys,
-                self.encoder,
-                self.settings.archive.segment_max_bytes,
-                self._snapshot_progress,
-            ).write(reader)
-        finally:
-            self._active_snapshot = None
-            reader.close()
-        self.metrics.record_snapshot_duration(time.monotonic() - started)
-        self._last_snapshot_ts = time.time()
-        if self._oldest_restorable_ts is None:
-            self._oldest_restorable_ts = reader.started_at.timestamp()
-        log.info("snapshot %s done: %s", result.snapshot_id, result.rows)
-        return SnapshotOutcome(result.snapshot_id, reader.position.text, result.rows, result.bytes)
-
-    def _horizon_recorded(self, horizon: str) -> None:
-        self._oldest_restorable_ts = datetime.fromisoformat(horizon).timestamp()
+        return self.snapshots.write(source.take_snapshot())
 
     def snapshot_now(self) -> SnapshotOutcome:
         """`changevault snapshot` with no agent running: take the lease, snapshot, release."""
@@ -357,7 +339,7 @@ class App:
             try:
                 # Checks the position is still there and lists the tables; does not stream.
                 source.start(cp.position)
-                return self._write_snapshot(source.take_snapshot())
+                return self.snapshots.write(source.take_snapshot())
             finally:
                 source.close()
         finally:
@@ -369,7 +351,10 @@ class App:
                 self.writer,
                 self.data_keys,
                 self.hasher,
-                self._link_columns(),
+                link_columns(
+                    self.snapshots.latest_tables or newest_snapshot_tables(self._catalog),
+                    self.settings.entity_links,
+                ),
                 self.settings.archive.segment_max_bytes,
                 self.settings.archive.segment_max_age.total_seconds(),
                 cp.position if cp else None,
@@ -388,56 +373,21 @@ class App:
         d = None if p is None else p.tracker.durable
         return None if d is None else d.position
 
-    def _link_columns(self) -> dict[str, list[str]]:
-        """Columns whose values each segment's index holds, so an entity restore
-        opens only the segments that matter: the foreign-key columns of the newest
-        snapshot's definitions, and the `from` columns of entity_links."""
-        trusted = {self.writer.own_verify.key_id: self.writer.own_verify}
-        snaps = complete_snapshots(list(catalog.read_chain(self.store, trusted)))
-        tables = snaps[-1].tables if snaps else []
-        links: dict[str, list[str]] = {}
-
-        def add(table: str, column: str) -> None:
-            columns = links.setdefault(table, [])
-            if column not in columns:
-                columns.append(column)
-
-        for t in tables:
-            for fk in t.foreign_keys:
-                for column in fk.columns:
-                    add(t.qualified, column)
-        for link in self.settings.entity_links:
-            table, _, column = link.from_.rpartition(".")
-            if "." not in table:  # `table.column`: the sink looks tables up as schema.table
-                named = [t.qualified for t in tables if t.table == table]
-                table = named[0] if len(named) == 1 else table
-            add(table, column)
-        return links
-
     def _checkpoint_from_archive(self) -> Checkpoint | None:
-        """The checkpoint the archive recorded, when state_dir was lost (a new host).
-
-        Each segment entry carries the pipeline's durable position (every sink
-        had it) when the segment closed; resuming there loses nothing.
-        """
-        trusted = {self.writer.own_verify.key_id: self.writer.own_verify}
-        found: Position | None = None
-        for entry in catalog.read_chain(self.store, trusted):
-            raw = entry.body.get("checkpoint") if entry.kind == catalog.SEGMENT else None
-            if entry.kind == catalog.SNAPSHOT_END and found is None:
-                raw = entry.body.get("position")
-            if raw is not None:
-                found = position_from_json(raw)
+        """When state_dir was lost (a new host): resume where every sink already was."""
+        found = archived_checkpoint(self._catalog)
         if found is None:
             return None
-        log.warning("no checkpoint in %s: resuming from the archive's, %s",
-                    self.settings.state_dir, found)
+        log.warning(
+            "no checkpoint in %s: resuming from the archive's, %s", self.settings.state_dir, found
+        )
         cp = Checkpoint(self.source_id, found, None, now_utc())
         self.checkpoints.save(cp)
         return cp
 
-    def _snapshot_progress(self) -> bool:
+    def _snapshot_progress(self, status: str) -> bool:
         """Called between snapshot parts: a long snapshot is progress, not a hang."""
+        self.notifier.status(status)
         self.progress.beat("snapshot")
         return self.stop.is_set()
 
@@ -548,19 +498,6 @@ class App:
     def _request_stop(self) -> None:
         self.stop.set()
         self._pipeline_stop.set()
-
-    def _read_archive_state(self) -> None:
-        """Snapshot and install times from the catalog, for the metrics."""
-        trusted = {self.writer.own_verify.key_id: self.writer.own_verify}
-        entries = list(catalog.read_chain(self.store, trusted))
-        if entries:
-            self._installed_ts = datetime.fromisoformat(entries[0].created).timestamp()
-        snaps = complete_snapshots(entries)
-        if snaps:
-            self._last_snapshot_ts = datetime.fromisoformat(snaps[-1].end.created).timestamp()
-        oldest = oldest_restorable(entries)  # honours a retention horizon
-        if oldest is not None:
-            self._oldest_restorable_ts = datetime.fromisoformat(oldest.started).timestamp()
 
     def _liveness(self) -> Verdict:
         p = self.pipeline
