@@ -34,6 +34,7 @@ from agent.restore.fetch_count import CountingStore
 from agent.restore.fold import Fold, FoldStore, replay
 from agent.restore.inplace import apply_in_place, compare, key_of, preview_lines
 from agent.restore.membership import entity_members
+from agent.restore.names import parse_table_list
 from agent.restore.planner import Plan, make_plan
 from agent.restore.report import RestoreReport, TableResult, redact_dsn
 from agent.restore.segment_choice import SegmentChooser
@@ -105,21 +106,7 @@ def _target(opts: RestoreOptions, reader: ArchiveReader, connector: str) -> Targ
 def _scope(shapes: Shapes, raw: str | None) -> set[str] | None:
     if raw is None:
         return None
-    wanted: set[str] = set()
-    for name in (t.strip() for t in raw.split(",")):
-        if not name:
-            continue
-        matches = [q for q in shapes.by_name if q == name or q.split(".", 1)[1] == name]
-        if len(matches) != 1:
-            known = ", ".join(sorted(shapes.by_name))
-            raise UsageError(
-                f"--tables: expected one captured table named {name!r}, found "
-                f"{len(matches)} (captured: {known})"
-            )
-        wanted.add(matches[0])
-    if not wanted:
-        raise UsageError("--tables: expected a comma-separated list of tables")
-    return wanted
+    return parse_table_list(raw, [s.schema for s in shapes.by_name.values()])
 
 
 def _row_values(shape: TableShape, row: dict[str, Any]) -> list[Any]:
@@ -224,6 +211,7 @@ def run_restore(
         fold.load_snapshot(reader, plan)
         segments = plan.segments
         if scope.entity is not None:
+            store.keep(".seg")  # the chooser's reads serve the replay too
             segments = _entity_segments(settings, reader, fold_store, shapes, scope, plan)
         stop = replay(reader, dataclasses.replace(plan, segments=segments), target, fold)
         # Everything the restore needs is now read, verified and folded: only now
@@ -246,6 +234,7 @@ def run_restore(
             skipped_tables=sorted(fold.stats.skipped_tables),
             bytes_read=store.count.bytes,
             objects_read=store.count.objects,
+            catalog_bytes=store.count.catalog_bytes,
             archive_bytes=_archive_bytes(entries, plan),
             scope_tables=scope.order or [],
         )
@@ -263,6 +252,7 @@ def run_restore(
             applier.close()
     finally:
         fold_store.close()
+        store.close()
     if opts.preview:
         for line in [*report.lines(), *lines]:
             print(line, file=sys.stdout)

@@ -22,6 +22,7 @@ from typing import Any
 
 from agent.errors import UsageError
 from agent.events import TableSchema
+from agent.restore.names import resolve_table, split_unquoted
 from agent.settings import EntityLink, _identifier_parts
 
 _INT = re.compile(r"^[+-]?[0-9]+$")
@@ -147,27 +148,18 @@ def parse_value(type_name: str, raw: str, where: str) -> TypedValue:
     )
 
 
-def _resolve_table(name_parts: list[str], tables: Iterable[str], where: str) -> str:
-    known = sorted(tables)
-    if len(name_parts) == 2:
-        wanted = f"{name_parts[0]}.{name_parts[1]}"
-        matches = [q for q in known if q == wanted]
-    else:
-        matches = [q for q in known if q.split(".", 1)[1] == name_parts[0]]
-    if len(matches) != 1:
-        raise UsageError(
-            f"{where}: expected one captured table named {'.'.join(name_parts)!r}, found "
-            f"{len(matches)} (captured: {', '.join(known)})"
-        )
-    return matches[0]
-
-
 def parse_entity(raw: str, tables: dict[str, TableSchema]) -> EntityRoot:
-    """`[schema.]table.column=value` against the captured tables' definitions."""
+    """`[schema.]table.column=value` against the captured tables' definitions.
+
+    Names may be quoted as agent.settings.parse_table_name allows; the value
+    starts after the first `=` outside quotes.
+    """
     where = "--entity"
-    left, eq, value = raw.partition("=")
-    if not eq:
+    head = split_unquoted(raw, "=")
+    if len(head) < 2:
         raise UsageError(f"{where}: expected TABLE.COLUMN=VALUE, found {raw!r}")
+    left = head[0]
+    value = raw[len(left) + 1 :]
     try:
         parts = _identifier_parts(left.strip())
     except ValueError as exc:
@@ -176,9 +168,11 @@ def parse_entity(raw: str, tables: dict[str, TableSchema]) -> EntityRoot:
         ) from None
     if len(parts) not in (2, 3):
         raise UsageError(f"{where}: expected [schema.]table.column, found {left!r}")
-    table = _resolve_table(parts[:-1], tables, where)
+    schema = resolve_table(
+        parts[0] if len(parts) == 3 else None, parts[-2], tables.values(), where
+    )
+    table = schema.qualified
     column = parts[-1]
-    schema = tables[table]
     types = {c.name: c.type_name for c in schema.columns}
     if column not in types:
         raise UsageError(
@@ -203,9 +197,15 @@ def links_of(tables: dict[str, TableSchema], declared: Iterable[EntityLink]) -> 
 
 
 def _link_end(text: str, tables: dict[str, TableSchema]) -> tuple[str, str]:
-    parts = text.split(".")
-    table = _resolve_table(parts[:-1], tables, f"entity_links {text}")
-    return table, parts[-1]
+    where = f"entity_links {text}"
+    try:
+        parts = _identifier_parts(text)
+    except ValueError as exc:
+        raise UsageError(f"{where}: expected [schema.]table.column: {exc}") from None
+    if len(parts) not in (2, 3):
+        raise UsageError(f"{where}: expected [schema.]table.column")
+    schema = parts[0] if len(parts) == 3 else None
+    return resolve_table(schema, parts[-2], tables.values(), where).qualified, parts[-1]
 
 
 def scope_tables(root: str, links: list[Link]) -> list[str]:

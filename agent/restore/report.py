@@ -46,8 +46,9 @@ class RestoreReport:
     target_dsn: str
     tables: list[TableResult] = field(default_factory=list)
     skipped_tables: list[str] = field(default_factory=list)
-    bytes_read: int = 0  # fetched from the archive (catalog included)
+    bytes_read: int = 0  # data objects fetched: segments, indexes, snapshot parts
     objects_read: int = 0
+    catalog_bytes: int = 0  # the catalog, always read whole
     archive_bytes: int = 0  # segments, their indexes and the snapshot's parts
     scope_tables: list[str] = field(default_factory=list)  # an entity's tables
     notes: list[str] = field(default_factory=list)
@@ -60,8 +61,9 @@ class RestoreReport:
             f"  from snapshot {self.snapshot_id} at {self.snapshot_position}, then "
             f"{self.transactions} transactions from {self.segments_read} of "
             f"{self.segments_total} segments",
-            f"  read {self.objects_read} objects, {self.bytes_read} bytes from the archive "
-            f"(segments, indexes and snapshot parts total {self.archive_bytes} bytes)",
+            f"  read {self.objects_read} objects, {self.bytes_read} bytes of segments, indexes "
+            f"and snapshot parts (of {self.archive_bytes} bytes in the archive), "
+            f"plus {self.catalog_bytes} bytes of catalog",
             f"  into schema {self.target_schema} of {self.target_dsn}",
         ]
         if self.scope_tables:
