@@ -7,6 +7,11 @@ knows the shape that applies to the rows that follow. Each distinct shape
 the history keeps every version with the LSN where it started, so a position
 can be decoded with the shape it was written with, never with today's
 catalog.
+
+Rows reach events on one of two paths: `payload_events` runs each relation's
+compiled decoder (rowdecoder.py) straight over the raw message, the hot path;
+anything it declines goes through decode_message and `decode_row`, the general
+path, which is the reference both must agree with.
 """
 
 from __future__ import annotations
