@@ -56,7 +56,7 @@ class EnvelopeEncoder:
     connector: str
     database: str
     # (position text, txid, commit_ts) -> the transaction's fragments, see _head
-    _heads: dict[tuple[str, str, str], tuple[str, str, str]] = field(
+    _heads: dict[tuple[str, str, str], tuple[str, str, str, str]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
     # (op, schema, table) -> `","op":…,"table":…`
@@ -79,13 +79,21 @@ class EnvelopeEncoder:
             {"key": ev.key, "before": ev.before, "after": ev.after, "unchanged": list(ev.unchanged)}
         )
         text = f"{head[0]}{seq}{middle}{head[1]}{seq}{head[2]}{ev.schema_version}}},{tail[1:]}"
-        return event_id(self.connector, self.database, position, seq), text.encode("utf-8")
+        return f"{head[3]}{seq}", text.encode("utf-8")
 
-    def _head(self, position: Position, txid: str, commit_ts: str) -> tuple[str, str, str]:
-        """`{"id":"<id without seq>`, `,"position":…,"seq":`, `,"commit_ts":…,"schema_version":`"""
-        id_prefix = '{"id":' + _quote(event_id(self.connector, self.database, position, 0))[:-2]
+    def _head(self, position: Position, txid: str, commit_ts: str) -> tuple[str, str, str, str]:
+        """`{"id":"<id without seq>`, `,"position":…,"seq":`, `,"commit_ts":…,"schema_version":`,
+        and the event id without its seq."""
+        eid_prefix = event_id(self.connector, self.database, position, 0)[:-1]
+        if event_id(self.connector, self.database, position, 12) != f"{eid_prefix}12":
+            raise AssertionError("event_id() no longer ends with the seq; update EnvelopeEncoder")
         position_txid = f',"position":{_quote(position.text)},"txid":{_quote(txid)},"seq":'
-        head = (id_prefix, position_txid, f',"commit_ts":{_quote(commit_ts)},"schema_version":')
+        head = (
+            '{"id":' + _quote(eid_prefix)[:-1],
+            position_txid,
+            f',"commit_ts":{_quote(commit_ts)},"schema_version":',
+            eid_prefix,
+        )
         if len(self._heads) >= _MAX_CACHED_HEADS:
             self._heads.clear()
         self._heads[(position.text, txid, commit_ts)] = head

@@ -1,0 +1,73 @@
+"""The envelope encoder's cached fragments give exactly json.dumps of the whole document."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.envelope import EnvelopeEncoder, decode_envelope
+from agent.events import ChangeEvent, Position, event_id
+
+TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=8)
+VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+ROWS = st.none() | st.dictionaries(TEXT, VALUES, max_size=4)
+
+
+def reference(
+    connector: str, database: str, ev: ChangeEvent, position: Position, txid: str, ts: str
+) -> tuple[str, bytes]:
+    eid = event_id(connector, database, position, ev.seq)
+    doc: dict[str, Any] = {
+        "id": eid,
+        "op": ev.op,
+        "source": {
+            "connector": connector, "database": database, "schema": ev.schema, "table": ev.table,
+            "position": position.text, "txid": txid, "seq": ev.seq, "commit_ts": ts,
+            "schema_version": ev.schema_version,
+        },
+        "key": ev.key, "before": ev.before, "after": ev.after, "unchanged": list(ev.unchanged),
+    }  # fmt: skip
+    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return eid, text.encode("utf-8")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    names=st.tuples(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT),
+    op=st.sampled_from(["c", "u", "d", "t", "r"]),
+    seq=st.integers(0, 10**9),
+    version=st.integers(1, 10**6),
+    rows=st.tuples(ROWS, ROWS, ROWS),
+    unchanged=st.lists(TEXT, max_size=2),
+)
+def test_envelope_is_json_dumps_of_the_document(
+    names: tuple[str, ...], op: Any, seq: int, version: int,
+    rows: tuple[Any, Any, Any], unchanged: list[str],
+) -> None:  # fmt: skip
+    connector, database, schema, table, lsn, txid, ts = names
+    encoder = EnvelopeEncoder(connector, database)
+    ev = ChangeEvent(op, schema, table, seq, *rows, version, tuple(unchanged))
+    position = Position(lsn, (1,))
+    for _ in range(2):  # the second time from the caches
+        assert encoder.encode(ev, position, txid, ts) == reference(
+            connector, database, ev, position, txid, ts
+        )
+    assert decode_envelope(encoder.encode(ev, position, txid, ts)[1])["after"] == ev.after
+
+
+def test_nan_is_refused() -> None:
+    ev = ChangeEvent("c", "s", "t", 0, None, None, {"x": float("nan")})
+    with pytest.raises(ValueError):
+        EnvelopeEncoder("postgres", "db").encode(ev, Position("0/1", (1,)), "1", "ts")
