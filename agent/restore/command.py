@@ -109,16 +109,30 @@ def _scope(shapes: Shapes, raw: str | None) -> set[str] | None:
     return parse_table_list(raw, [s.schema for s in shapes.by_name.values()])
 
 
-def _row_values(shape: TableShape, row: dict[str, Any]) -> list[Any]:
-    out = []
-    for column in shape.schema.columns:
-        value = None
-        for name in shape.names_of(column.name):
-            if name in row:
-                value = row[name]
-                break
-        out.append(value)
-    return out
+def _row_values(shape: TableShape) -> Callable[[dict[str, Any]], list[Any]]:
+    """A function picking a folded row's values in the shape's column order.
+
+    A renamed column is looked up under each name it had (old rows keep the
+    names they were decoded with); the common case, no renames, is one
+    dict lookup per column.
+    """
+    names = [shape.names_of(c.name) for c in shape.schema.columns]
+    if all(len(n) == 1 for n in names):
+        plain = [n[0] for n in names]
+        return lambda row: [row.get(c) for c in plain]
+
+    def values(row: dict[str, Any]) -> list[Any]:
+        out = []
+        for aliases in names:
+            value = None
+            for name in aliases:
+                if name in row:
+                    value = row[name]
+                    break
+            out.append(value)
+        return out
+
+    return values
 
 
 def default_applier(dsn: str) -> Applier:
@@ -298,12 +312,13 @@ def _rows_source(fold_store: FoldStore, shapes: Shapes, scope: _Scope) -> RowsOf
         members = entity_members(fold_store, shapes, scope.entity, scope.links, scope.order)
 
     def rows(shape: TableShape) -> Iterator[list[object]]:
+        pick = _row_values(shape)
         if members is not None:
             for row in members.get(shape.name, {}).values():
-                yield _row_values(shape, row)
+                yield pick(row)
             return
         for row in fold_store.rows(fold_store.table_id(shape.name)):
-            yield _row_values(shape, row)
+            yield pick(row)
 
     return rows
 

@@ -1,18 +1,15 @@
 """The PostgreSQL Applier: restored tables into a new schema by COPY, read back as JSON.
 
-Values arrive as CONTRACT.md JSON values and are turned back into each
-type's text input form for text COPY (bytea from base64 to hex, JSON values
-re-serialised, arrays as array literals, astronomical years back to BC).
-Reading back casts every column to text and runs the capture path's
-converters (connectors.postgres.pgtypes) under the capture session's
-settings, so a restored value reads back exactly as the archive holds it.
+Values arrive as CONTRACT.md JSON values and are written as preformatted
+COPY text lines (connectors.postgres.copy_format). Reading back copies the
+table out in text format and runs the capture path's converters
+(connectors.postgres.pgtypes) under the capture session's settings, so a
+restored value reads back exactly as the archive holds it.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -23,6 +20,12 @@ from psycopg import sql
 from agent.errors import ServiceError, UsageError
 from agent.events import TableSchema
 from connectors.base import RestoreRows, RowChanges, RowMatch
+from connectors.postgres.copy_format import (
+    TextValue,
+    copy_line,
+    copy_row_reader,
+    text_value,
+)
 from connectors.postgres.ddl import REFERENCING_FKS_SQL, foreign_key_ddl, table_ddl, type_sql
 from connectors.postgres.pgtypes import (
     REPLICATION_SESSION_SETTINGS,
@@ -33,7 +36,8 @@ from connectors.postgres.pgtypes import (
 
 log = logging.getLogger(__name__)
 
-TextValue = Callable[[Any], str | None]
+__all__ = ["PgApplier", "TextValue", "match_sql", "text_value"]
+
 RowConv = Callable[[Sequence[str | None]], list[Any]]
 _ACTIONS = {"c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 
@@ -54,91 +58,8 @@ def match_sql(table: TableSchema, match: RowMatch) -> tuple[sql.Composed, list[l
     return where, arrays
 
 
-# PostgreSQL's own spacing (", " and ": ", as jsonb prints): a `json` column
-# keeps its input text, and this is the form most often written into it.
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False).encode
 _FETCH = 5000
-
-
-def _bc_date(s: str) -> str:
-    """ISO astronomical year ('-0043-03-15...', '0000-...') -> PostgreSQL's '0044-03-15... BC'."""
-    neg = s.startswith("-")
-    body = s[1:] if neg else s
-    year, _, rest = body.partition("-")
-    astro = -int(year) if neg else int(year)
-    return f"{1 - astro:04d}-{rest} BC"
-
-
-def _temporal(v: Any) -> str:
-    s = str(v)
-    if s.startswith("-") or s.startswith("0000-"):
-        return _bc_date(s)
-    return s
-
-
-def _bytea(v: Any) -> str:
-    return "\\x" + base64.b64decode(v).hex()
-
-
-def _json_value(v: Any) -> str:
-    return _JSON(v)
-
-
-def _bool(v: Any) -> str:
-    return "t" if v is True else "f" if v is False else str(v)
-
-
-def _plain(v: Any) -> str:
-    if isinstance(v, str):
-        return v
-    if isinstance(v, (dict, list)):
-        return _JSON(v)
-    return repr(v) if isinstance(v, float) else str(v)
-
-
-def _base_converter(type_name: str) -> Callable[[Any], str]:
-    t = type_name.lower()
-    if t == "bytea":
-        return _bytea
-    if t in ("json", "jsonb"):
-        return _json_value
-    if t == "boolean":
-        return _bool
-    if t == "date" or t.startswith("timestamp"):
-        return _temporal
-    return _plain
-
-
-def _array_literal(v: Any, element: Callable[[Any], str]) -> str:
-    if not isinstance(v, list):
-        return element(v)
-    items = []
-    for item in v:
-        if item is None:
-            items.append("NULL")
-        elif isinstance(item, list):
-            items.append(_array_literal(item, element))
-        else:
-            text = element(item)
-            items.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
-    return "{" + ",".join(items) + "}"
-
-
-def text_value(type_name: str) -> TextValue:
-    """JSON value -> the type's text input (None stays NULL)."""
-    if type_name.endswith("[]"):
-        element = _base_converter(type_name.rstrip("[]").strip())
-
-        def array(v: Any) -> str | None:
-            return None if v is None else _array_literal(v, element)
-
-        return array
-    base = _base_converter(type_name)
-
-    def scalar(v: Any) -> str | None:
-        return None if v is None else base(v)
-
-    return scalar
+_COPY_CHUNK = 256 * 1024  # characters of COPY text per write
 
 
 class PgApplier:
@@ -209,7 +130,7 @@ class PgApplier:
                 self.conn.execute(stmt)
         ident = sql.Identifier(target_schema, table.table)
         columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
-        convert = [text_value(c.type_name) for c in table.columns]
+        line = copy_line([c.type_name for c in table.columns])
         # FREEZE: the table was created in this transaction, so rows can be written
         # frozen (no hint-bit rewrite on first read).
         options = sql.SQL(" (FREEZE)") if existing is None else sql.SQL("")
@@ -218,9 +139,19 @@ class PgApplier:
             self.conn.cursor() as cur,
             cur.copy(sql.SQL("COPY {} ({}) FROM STDIN{}").format(ident, columns, options)) as copy,
         ):
+            chunk: list[str] = []
+            size = 0
             for values in rows(table):
-                copy.write_row([f(v) for f, v in zip(convert, values, strict=True)])
+                text = line(values)
+                chunk.append(text)
+                size += len(text)
                 n += 1
+                if size >= _COPY_CHUNK:
+                    copy.write("".join(chunk).encode())
+                    chunk.clear()
+                    size = 0
+            if chunk:
+                copy.write("".join(chunk).encode())
         if existing is None:
             for stmt in ddl.after_load:
                 self.conn.execute(stmt)
@@ -254,8 +185,10 @@ class PgApplier:
 
         return TypeConverters(resolve)
 
-    def _row_reader(self, target_schema: str, table: TableSchema) -> tuple[sql.Composed, RowConv]:
-        """SELECT list of the table's columns as text, and their JSON converters."""
+    def _column_converters(
+        self, target_schema: str, table: TableSchema
+    ) -> tuple[list[str], tuple[Callable[[bytes], Any], ...]]:
+        """The table's column names and the capture path's converter of each."""
         names = [c.name for c in table.columns]
         oids: dict[str, int] = dict(
             self.conn.execute(
@@ -270,7 +203,11 @@ class PgApplier:
                 f"target table {target_schema}.{table.table}: expected columns "
                 f"{', '.join(missing)} (as at the restore target), found none by those names"
             )
-        conv = self._converters().row(tuple(int(oids[n]) for n in names))
+        return names, self._converters().row(tuple(int(oids[n]) for n in names))
+
+    def _row_reader(self, target_schema: str, table: TableSchema) -> tuple[sql.Composed, RowConv]:
+        """SELECT list of the table's columns as text, and their JSON converters."""
+        names, conv = self._column_converters(target_schema, table)
         select = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(n)) for n in names)
 
         def convert(values: Sequence[str | None]) -> list[Any]:
@@ -279,15 +216,26 @@ class PgApplier:
         return select, convert
 
     def read_back(self, target_schema: str, table: TableSchema) -> Iterator[list[Any]]:
-        select, convert = self._row_reader(target_schema, table)
-        query = sql.SQL("SELECT {} FROM {}").format(
-            select, sql.Identifier(target_schema, table.table)
+        """Every row as JSON values, copied out in text format (each column's output form)."""
+        names, conv = self._column_converters(target_schema, table)
+        convert = copy_row_reader(conv)
+        query = sql.SQL("COPY {} ({}) TO STDOUT").format(
+            sql.Identifier(target_schema, table.table),
+            sql.SQL(", ").join(map(sql.Identifier, names)),
         )
-        with self.conn.transaction(), self.conn.cursor(name="cv_restore_readback") as cur:
-            cur.itersize = _FETCH
-            cur.execute(query)
-            for values in cur:
-                yield convert(values)
+        rest = b""
+        with self.conn.cursor() as cur, cur.copy(query) as copy:
+            for data in copy:
+                chunk = rest + bytes(data) if rest else bytes(data)
+                if chunk.endswith(b"\n") and chunk.count(b"\n") == 1:
+                    rest = b""
+                    yield convert(chunk)  # the server sends one row per message
+                    continue
+                *lines, rest = chunk.split(b"\n")
+                for line in lines:
+                    yield convert(line)
+        if rest:
+            yield convert(rest)
 
     # ------------------------------------------------------------ in place
 
