@@ -110,7 +110,7 @@ _PLAIN_TEXT_TYPES = frozenset({
     "smallint", "integer", "bigint", "numeric", "real", "double precision", "boolean",
     "date", "timestamp without time zone", "timestamp with time zone",
     "time without time zone", "time with time zone", "timestamp", "time", "uuid",
-    "interval", "bytea", "inet", "cidr", "macaddr", "macaddr8", "oid",
+    "interval", "inet", "cidr", "macaddr", "macaddr8", "oid",
 })  # fmt: skip
 _TYPMOD = re.compile(r"\([^)]*\)")
 _NEEDS_ESCAPE = re.compile(r"[\\\t\n\r]").search
@@ -134,6 +134,8 @@ def _field(type_name: str) -> Callable[[Any], str]:
     base = _base_converter(t)
     if t in ("smallint", "integer", "bigint"):
         return str
+    if t == "bytea":  # '\\x...': the backslash itself needs COPY's escape
+        return lambda v: "\\\\x" + base64.b64decode(v).hex()
     if " ".join(_TYPMOD.sub("", t).split()) in _PLAIN_TEXT_TYPES:
         return base
 
