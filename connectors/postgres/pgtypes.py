@@ -99,8 +99,7 @@ _text: Converter = bytes.decode
 
 
 def _bool(v: bytes) -> bool:
-    # pgoutput and COPY send "t"/"f"; bool::text (restore's read-back) "true"/"false".
-    return v == b"t" or v == b"true"
+    return v == b"t"  # pgoutput and COPY's text form
 
 
 def _float(v: bytes) -> float | str:
