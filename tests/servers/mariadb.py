@@ -15,17 +15,16 @@ import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, Literal
 
 import pymysql
 import pymysql.cursors
 
+from tests.servers.lifecycle import ServerProcess
 from tests.servers.processes import (
     MissingServerBinary,
     ServerStartError,
     free_port,
-    log_mentions,
     run_setup,
     spawn,
     tail,
@@ -36,7 +35,6 @@ from tests.servers.processes import (
 StopMode = Literal["clean", "kill"]
 
 INSTALL_HINT = "apt-get install mariadb-server"
-_START_ATTEMPTS = 3
 
 # Speed over durability: these servers live for one test session. Flushing at
 # commit to the OS (not the disk) still survives a killed server process.
@@ -79,7 +77,7 @@ def find_binary(name: str, *candidates: str) -> Path:
     )
 
 
-class MariaDBServer:
+class MariaDBServer(ServerProcess):
     """One MariaDB server. `start()` runs mariadb-install-db on first use."""
 
     host = "127.0.0.1"
@@ -112,42 +110,19 @@ class MariaDBServer:
 
     # -- lifecycle --------------------------------------------------------------
 
-    def __enter__(self) -> MariaDBServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     def start(self) -> None:
         if self.running:
             return
         fresh = not (self.data_dir / "mysql").is_dir()
         if fresh:
             self._install()
-        for attempt in range(_START_ATTEMPTS):
-            try:
-                self._start_once()
-                break
-            except ServerStartError:
-                # Lost the race for our free port to another process: retry
-                # with a new port, but never after clients have seen this one.
-                lost_race = log_mentions(self.log_path, "Address already in use")
-                if not lost_race or attempt == _START_ATTEMPTS - 1 or self._started_once:
-                    raise
-                self.port = free_port()
+        self._start_on_free_port()
         if fresh:
             self._create_users()
         self._started_once = True
+
+    def close(self) -> None:
+        self.cleanup()
 
     def stop(self, mode: StopMode = "clean") -> None:
         """clean: normal shutdown (SIGTERM); kill: SIGKILL, crash recovery on start."""
@@ -155,9 +130,7 @@ class MariaDBServer:
             sig = signal.SIGTERM if mode == "clean" else signal.SIGKILL
             terminate(self._process, sig, timeout=60)
             self._process = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._close_log()
 
     def restart(self, mode: StopMode = "clean") -> None:
         self.stop(mode)

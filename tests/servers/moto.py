@@ -15,14 +15,13 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
+from tests.servers.lifecycle import ServerProcess
 from tests.servers.processes import (
     MissingServerBinary,
     ServerStartError,
     free_port,
-    log_mentions,
     pause,
     resume,
     spawn,
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 INSTALL_HINT = "pip install 'moto[server]' into the test virtualenv (.venv)"
-_START_ATTEMPTS = 3
 
 # Dummy credentials: moto accepts any; real AWS is never reached because every
 # client is pointed at endpoint_url.
@@ -57,7 +55,7 @@ def find_moto_server() -> Path:
     )
 
 
-class MotoS3:
+class MotoS3(ServerProcess):
     host = "127.0.0.1"
     region = REGION
     access_key_id = ACCESS_KEY_ID
@@ -78,45 +76,22 @@ class MotoS3:
 
     # -- lifecycle --------------------------------------------------------------
 
-    def __enter__(self) -> MotoS3:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     def start(self) -> None:
         """Start (again, on the same port: the store starts empty)."""
         if self.running:
             return
-        for attempt in range(_START_ATTEMPTS):
-            try:
-                self._start_once()
-                self._started_once = True
-                return
-            except ServerStartError:
-                lost_race = log_mentions(self.log_path, "Address already in use")
-                if not lost_race or attempt == _START_ATTEMPTS - 1 or self._started_once:
-                    raise
-                self.port = free_port()
+        self._start_on_free_port()
+        self._started_once = True
+
+    def close(self) -> None:
+        self.stop()
 
     def stop(self) -> None:
         if self._process is not None:
             self.resume()  # a stopped process would ignore SIGTERM until SIGCONT
             terminate(self._process, signal.SIGTERM, timeout=10)
             self._process = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._close_log()
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections are accepted by the kernel

