@@ -29,12 +29,20 @@ from agent.checkpoint import (
     CheckpointStore,
     Durable,
     now_utc,
+    position_to_json,
 )
 from agent.crypto.datakeys import DataKeyManager
 from agent.crypto.keyfiles import load_keyhash_key, load_recipient_public, load_signing_key
 from agent.crypto.keyhash import KeyHasher
 from agent.envelope import EnvelopeEncoder
-from agent.errors import ConfigError, PositionLostError, RefusedError, ServiceError, UsageError
+from agent.errors import (
+    ChangevaultError,
+    ConfigError,
+    PositionLostError,
+    RefusedError,
+    ServiceError,
+    UsageError,
+)
 from agent.events import Position
 from agent.http import HealthServer, ProgressWatch, Verdict
 from agent.logs import configure_logging
@@ -233,8 +241,9 @@ class App:
                     self.metrics.count_reconnect("pipeline")
                     self.stop.wait(delay)
             return 0
-        except PositionLostError:
+        except PositionLostError as exc:
             self.position_lost = True
+            self._record_gap(exc)
             raise
         finally:
             self._request_stop()
@@ -289,6 +298,24 @@ class App:
             self.pipeline = None
             self.source = None
             source.close()
+
+    def _record_gap(self, exc: PositionLostError) -> None:
+        """Write the loss into the archive (we hold its lease), so `verify` and
+        restore see the gap instead of an archive that merely stops."""
+        if self.writer.catalog is None:
+            return  # never opened: no lease, nothing to write into
+        try:
+            cp = self.checkpoints.load(self.source_id)
+        except ChangevaultError:
+            cp = None
+        since = None if cp is None else position_to_json(cp.position)
+        tail = self.writer.catalog.tail
+        if tail is not None and tail.kind == catalog.GAP and tail.body.get("from") == since:
+            return  # a restarted agent meeting the same loss: recorded once
+        try:
+            self.writer.append(catalog.GAP, {"from": since, "reason": str(exc)})
+        except ChangevaultError as err:
+            log.error("could not record the gap in the archive: %s", err)
 
     def _initial_snapshot(self, reader: SnapshotReader) -> None:
         self.notifier.status(f"initial snapshot {reader.snapshot_id}")
@@ -375,7 +402,10 @@ class App:
 
     def _checkpoint_from_archive(self) -> Checkpoint | None:
         """When state_dir was lost (a new host): resume where every sink already was."""
-        found = archived_checkpoint(self._catalog)
+        # A recorded gap ends what the archive can resume from: the source lost
+        # that position, so only entries after the gap (a new snapshot) count.
+        gaps = [i for i, e in enumerate(self._catalog) if e.kind == catalog.GAP]
+        found = archived_checkpoint(self._catalog[gaps[-1] + 1 :] if gaps else self._catalog)
         if found is None:
             return None
         log.warning(

@@ -336,3 +336,41 @@ def start_with_metrics(write_config_for: Callable[[int], Path], log: Path,
         if "Address already in use" not in agent.log():
             raise AssertionError(f"agent did not serve /metrics: {agent.log()[-2000:]}")
     raise AssertionError("no free port for the metrics server after 3 attempts")
+
+
+# ------------------------------------------------------------------ one-line errors
+
+
+def one_error_line(proc: Any, code: int) -> str:
+    """The single `changevault: ...` line of a failed command (log lines aside),
+    after checking the exit code and that no traceback was printed."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == code, (proc.returncode, out[-3000:])
+    assert "Traceback" not in out, out[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("changevault:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return str(lines[0])
+
+
+# ------------------------------------------------------------------ slot loss
+
+
+def slot_wal_status(dsn: str, slot: str) -> str | None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s",
+                           (slot,)).fetchone()
+    return None if row is None else row[0]
+
+
+def invalidate_slot(server: Any, dsn: str, slot: str, attempts: int = 60) -> None:
+    """Write and switch WAL segments with CHECKPOINTs until the slot, held
+    back beyond max_slot_wal_keep_size, is invalidated (wal_status = 'lost')."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for i in range(attempts):
+            conn.execute("INSERT INTO ledger VALUES (%s, 0) ON CONFLICT DO NOTHING", (-1000 - i,))
+            conn.execute("SELECT pg_switch_wal()")
+            conn.execute("CHECKPOINT")
+            if slot_wal_status(dsn, slot) == "lost":
+                return
+    raise AssertionError(f"slot {slot} still not lost after {attempts} WAL switches: "
+                         f"{slot_wal_status(dsn, slot)}")
