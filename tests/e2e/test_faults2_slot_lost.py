@@ -5,8 +5,8 @@ stopped: `run` exits 3 naming the slot, the archive records the gap once,
 from __future__ import annotations
 
 import shutil
-from datetime import UTC, datetime
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
