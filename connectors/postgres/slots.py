@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from agent.checkpoint import write_atomically
 from agent.errors import PositionLostError, ServiceError, UsageError
 from agent.settings import parse_table_name
 
@@ -289,9 +290,7 @@ def record_created(state_dir: Path, **names: str) -> None:
     path = state_dir / _CREATED_FILE
     current = created_objects(state_dir)
     current.update(names)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(current, sort_keys=True))
-    tmp.replace(path)
+    write_atomically(path, json.dumps(current, sort_keys=True).encode())
 
 
 def created_objects(state_dir: Path) -> dict[str, str]:

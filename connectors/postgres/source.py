@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from agent.checkpoint import write_atomically
 from agent.errors import PositionLostError, RefusedError, ServiceError, UsageError
 from agent.events import (
     Column,
@@ -206,10 +207,10 @@ class PostgresSource:
     def _save_new_schemas(self, _new: list[TableSchema]) -> None:
         """Keep the newest version per table so a restart goes on numbering."""
         self._state_dir.mkdir(parents=True, exist_ok=True)
-        path = self._state_dir / _SCHEMAS_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([asdict(s) for s in self.history.schemas()]))
-        tmp.replace(path)
+        # Atomic, and a full or read-only state_dir is a ServiceError (the
+        # agent retries) rather than an unexpected OSError that ends it.
+        doc = json.dumps([asdict(s) for s in self.history.schemas()])
+        write_atomically(self._state_dir / _SCHEMAS_FILE, doc.encode())
 
     def convert_text_row(
         self, table: TableSchema, columns: Sequence[ColumnType], values: Sequence[str | None]
