@@ -166,14 +166,24 @@ class ArchiveLease:
         try:
             self.store.create(self._key(record.epoch), record.to_bytes())
         except ObjectExists:
-            self._held = None
             taker = self._read(self._key(record.epoch))
+            if self._is_ours(taker, held):
+                # An earlier renewal landed but its answer was lost (the store
+                # failed the call after writing): ours, so renew past it.
+                self._held = taker
+                return self.renew()
+            self._held = None
             raise LeaseLost(
                 f"archive {self.store.url}: lease {self.name} was taken over by "
                 f"{taker.describe()} at {_iso(taker.acquired_at)}; stopping writes"
             ) from None
         self._held = record
         return record
+
+    def _is_ours(self, record: LeaseRecord, held: LeaseRecord) -> bool:
+        return (record.owner_id, record.host, record.pid, record.acquired_at, record.released) == (
+            held.owner_id, held.host, held.pid, held.acquired_at, False
+        )
 
     def ensure_valid(self) -> None:
         """Raise LeaseLost unless our lease is unexpired on our own clock."""

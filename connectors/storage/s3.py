@@ -41,7 +41,9 @@ def make_s3_client(endpoint_url: str | None, timeout: float = 10.0) -> S3Client:
             "archive.url is s3:// but boto3 is not installed (pip install 'changevault[s3]')"
         ) from None
     config = Config(
-        retries={"max_attempts": 1, "mode": "standard"},
+        # total_max_attempts: botocore's `max_attempts` counts *retries*, so 1
+        # there still meant one silent retry behind RetryPolicy's back.
+        retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=timeout,
         read_timeout=timeout * 3,
         # S3-compatible stores (MinIO, Ceph, moto) mostly want path-style URLs.
@@ -116,7 +118,7 @@ class S3ObjectStore:
         from botocore.exceptions import ClientError
 
         try:
-            self.retry.run(put)
+            self.retry.run(put, f"S3 create of {key!r} in bucket {self.bucket}")
         except ClientError as exc:
             if _status(exc) != 412:
                 self._fail(exc, "create", key)
@@ -214,7 +216,7 @@ class S3ObjectStore:
 
     def _call(self, call: Callable[[], T], action: str, key: str) -> T:
         try:
-            return self.retry.run(call)
+            return self.retry.run(call, f"S3 {action} of {key!r} in bucket {self.bucket}")
         except Exception as exc:
             self._fail(exc, action, key)
 

@@ -8,6 +8,7 @@ calls again.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 _THROTTLE_CODES = frozenset(
     {
@@ -31,6 +34,15 @@ _THROTTLE_CODES = frozenset(
         "OperationAborted",
     }
 )
+
+
+def describe(exc: BaseException) -> str:
+    """A failure in a few words: S3's error code and HTTP status, or the exception's type."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+        return f"{response.get('Error', {}).get('Code', 'error')} (HTTP {status})"
+    return type(exc).__name__
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -54,8 +66,11 @@ class RetryPolicy:
     deadline: float = 30.0
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
 
-    def run(self, call: Callable[[], T]) -> T:
-        """Run `call`, retrying transient faults; re-raise the last one when out of budget."""
+    def run(self, call: Callable[[], T], what: str = "S3 call") -> T:
+        """Run `call`, retrying transient faults; re-raise the last one when out of budget.
+
+        Each retry is logged (never silent): an endpoint answering errors now
+        and then shows in the log before it shows as a failed sink."""
         start = time.monotonic()
         attempt = 0
         while True:
@@ -68,4 +83,6 @@ class RetryPolicy:
                 delay = random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
                 if time.monotonic() - start + delay > self.deadline:
                     raise
+                log.warning("%s: %s, attempt %d of %d; retrying in %.1fs",
+                            what, describe(exc), attempt, self.attempts, delay)
                 self.sleep(delay)

@@ -374,3 +374,103 @@ def invalidate_slot(server: Any, dsn: str, slot: str, attempts: int = 60) -> Non
                 return
     raise AssertionError(f"slot {slot} still not lost after {attempts} WAL switches: "
                          f"{slot_wal_status(dsn, slot)}")
+
+
+# ------------------------------------------------------------------ S3 errors
+
+
+class FaultyS3Proxy:
+    """An HTTP proxy in front of an S3 endpoint that answers errors for some
+    requests: every `put_every`-th PUT and `get_every`-th GET fail (PUTs
+    alternately before reaching the store with 503 and after it with 500, so
+    that a create has landed although its answer says otherwise); while
+    `burst` is set, every PUT fails, long enough to exhaust the client's retries."""
+
+    def __init__(self, upstream: str, put_every: int = 3, get_every: int = 4) -> None:
+        import http.client
+        import http.server
+        from urllib.parse import urlsplit
+
+        up = urlsplit(upstream)
+        self.put_every, self.get_every = put_every, get_every
+        self.burst = threading.Event()
+        self.counts = {"PUT": 0, "GET": 0}
+        self.failed = {"before": 0, "after": 0}
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _relay(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                verdict = proxy._verdict(self.command)
+                if verdict == "before":
+                    return self._error(503, "SlowDown")
+                conn = http.client.HTTPConnection(up.hostname or "127.0.0.1", up.port, timeout=30)
+                try:
+                    conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                    for name, value in self.headers.items():
+                        if name.lower() not in ("expect", "connection"):
+                            conn.putheader(name, value)
+                    conn.endheaders(body or None)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                finally:
+                    conn.close()
+                if verdict == "after":
+                    return self._error(500, "InternalError")
+                self.send_response(resp.status)
+                for name, value in resp.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            def _error(self, status: int, code: str) -> None:
+                data = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+                        f"<Message>injected by the test proxy</Message></Error>").encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _relay
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.endpoint_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _verdict(self, method: str) -> str | None:
+        with self._lock:
+            if method == "PUT" and self.burst.is_set():
+                self.failed["before"] += 1
+                return "before"
+            if method not in self.counts:
+                return None
+            self.counts[method] += 1
+            n = self.counts[method]
+            if method == "PUT" and n % self.put_every == 0:
+                verdict = "after" if (n // self.put_every) % 2 == 0 else "before"
+            elif method == "GET" and n % self.get_every == 0:
+                verdict = "before"
+            else:
+                return None
+            self.failed[verdict] += 1
+            return verdict
+
+    def __enter__(self) -> FaultyS3Proxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
