@@ -22,6 +22,8 @@ from connectors.storage.errors import ObjectMissing
 from connectors.storage.keys import TEMP_PREFIX, validate_key
 
 _CHUNK = 1024 * 1024
+_OBJECT_MODE = 0o644
+_DIR_MODE = 0o755
 
 
 def _fsync_dir(path: Path) -> None:
@@ -73,7 +75,10 @@ class LocalObjectStore:
             self._make_dirs(target.parent)
             tmp = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
             try:
-                with tmp.open("xb") as fh:
+                # 0644 / 0755 whatever the umask: sealed objects may be read by
+                # a backup group, never written by anyone but the agent.
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _OBJECT_MODE)
+                with os.fdopen(fd, "wb") as fh:
                     want = write(fh)
                     fh.flush()
                     os.fsync(fh.fileno())
@@ -106,7 +111,7 @@ class LocalObjectStore:
             probe = probe.parent
         for d in reversed(missing):
             try:
-                d.mkdir()
+                d.mkdir(mode=_DIR_MODE)
             except FileExistsError:
                 continue  # a concurrent creator made it
             if d != self.root:
