@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from agent.archive import catalog
 from agent.archive.access import data_key_opener, open_store, trusted_keys
 from agent.archive.reader import (
     ArchiveReader,
@@ -24,7 +25,7 @@ from agent.archive.reader import (
     segment_entries,
     snapshot_envelopes,
 )
-from agent.errors import UsageError
+from agent.errors import IntegrityError, UsageError
 from agent.settings import Settings, load_settings
 from agent.timestamps import parse_user_time
 
@@ -55,8 +56,16 @@ def archive_events(
     entries = reader.entries()
     segments = segment_entries(entries)
     if since is None:
-        snaps = complete_snapshots(entries)
+        # A replayable history starts at a snapshot with no gap after it: the
+        # oldest one taken after the last recorded gap.
+        gaps = [e.seq for e in entries if e.kind == catalog.GAP]
+        snaps = [s for s in complete_snapshots(entries) if not gaps or s.begin.seq > gaps[-1]]
         if not snaps:
+            if gaps:
+                raise IntegrityError(
+                    f"gap in the archive (catalog entry {gaps[-1]}) and no complete snapshot "
+                    "after it: no replayable history; use --from TIME for the changes"
+                )
             raise UsageError("the archive holds no complete snapshot yet; use --from TIME")
         snap = snaps[0]
         for env in snapshot_envelopes(reader, snap):

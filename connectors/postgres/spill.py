@@ -60,7 +60,7 @@ class TransactionBuffer:
         self._file.write(payload)
 
     def _spill(self) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, name = tempfile.mkstemp(prefix=f"xid-{self.xid}-", suffix=".spill", dir=self._dir)
         self._path = Path(name)
         self._file = os.fdopen(fd, "w+b", buffering=_READ_CHUNK)

@@ -4,6 +4,7 @@ stopped: `run` exits 3 naming the slot, the archive records the gap once,
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -94,6 +95,9 @@ def test_slot_invalidated_while_stopped_is_exit_3_and_a_recorded_gap(
     # A restarted agent (systemd) meeting the same loss does not pile up gaps.
     assert cli(["run", "-c", str(config)], timeout=90).returncode == 3
     assert len(gap_entries(archive, keys)) == 1
+    # A replayable history would have to cross the gap: refused.
+    history = cli(["events", "-c", str(config), "--private-key", str(keys["archive.key"])])
+    assert "gap" in one_error_line(history, 4)
 
     # docs/postgresql.md, "Re-snapshot": teardown, move the checkpoint away, run.
     td = cli(["teardown", "-c", str(config), "--yes"])
@@ -126,5 +130,11 @@ def test_slot_invalidated_while_stopped_is_exit_3_and_a_recorded_gap(
         source_rows = conn.execute("SELECT seq FROM public.ledger ORDER BY seq").fetchall()
         restored = conn.execute("SELECT seq FROM after_gap.ledger ORDER BY seq").fetchall()
     assert restored == source_rows and len(source_rows) > 3
+    # The history now starts at the snapshot taken after the gap.
+    history = cli(["events", "-c", str(config), "--private-key", str(keys["archive.key"])])
+    assert history.returncode == 0, history.stderr
+    docs = [json.loads(line) for line in history.stdout.splitlines()]
+    ledger = {d["after"]["seq"] for d in docs if d["source"]["table"] == "ledger" and d["after"]}
+    assert sorted((q,) for q in ledger) == [tuple(r) for r in source_rows]
     # The gap stays on record.
     assert cli(["verify", "-c", str(config)]).returncode == 4
