@@ -85,7 +85,13 @@ def checkpoint_lsn(state: Path) -> int | None:
         doc = json.loads((state / "checkpoint.json").read_text())
     except (FileNotFoundError, ValueError):
         return None
-    return workload.lsn_int(doc["position"]["text"])
+    position = doc["position"]
+    # A PostgreSQL commit position names the commit record's start; its end
+    # (where streaming resumes) is what pg_current_wal_lsn() shows after the
+    # commit, so compare that: otherwise the wait lasts until the next WAL
+    # heartbeat moves the checkpoint past the last commit.
+    end = dict(position.get("extra", [])).get("end_lsn")
+    return workload.lsn_int(end if end is not None else position["text"])
 
 
 def wait_checkpoint(run: AgentRun, end_lsn: str | None, timeout: float,

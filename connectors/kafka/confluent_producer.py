@@ -19,7 +19,7 @@ from typing import Any
 from agent.errors import ServiceError
 from agent.settings import KafkaSecurity, KafkaSettings
 from connectors.kafka.client_config import kafka_error
-from connectors.kafka.producer import Delivered, ProducerTuning
+from connectors.kafka.producer import Delivered, DeliveryTracker, ProducerTuning
 
 _POLL_INTERVAL_S = 0.05
 
@@ -186,6 +186,64 @@ class ConfluentRecordProducer:
             if on_delivery is not None:
                 on_delivery(delivered, None)
 
+        self._produce(topic, key, value, headers, timestamp_ms, partition, report)
+        return future
+
+    def delivery_callback(self, tracker: DeliveryTracker) -> Any:
+        """What `produce` takes as `callback`: built once per tracker (librdkafka
+        calls it with (error, message) on the delivery-report thread)."""
+        settings = self.settings
+        delivered = tracker.delivered
+
+        def report(err: Any, msg: Any) -> None:
+            if err is None:
+                delivered()
+                return
+            topic = msg.topic() if msg is not None else "a topic"
+            tracker.failed(kafka_error(settings, f"delivering to {topic}", _KafkaFailure(err)))
+
+        return report
+
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        timestamp_ms: int,
+        partition: int | None,
+        callback: Any,
+    ) -> None:
+        """Queue one record, its outcome reported to `delivery_callback(tracker)`:
+        no future and no closure per record."""
+        if self._fatal is not None:
+            raise self._fatal
+        try:
+            self._producer.produce(
+                topic,
+                value,
+                key,
+                partition=-1 if partition is None else partition,  # -1: the partitioner
+                on_delivery=callback,
+                timestamp=timestamp_ms,
+                headers=headers,
+            )
+        except BufferError:
+            self._produce(topic, key, value, headers, timestamp_ms, partition, callback)
+        except Exception as exc:
+            raise kafka_error(self.settings, f"sending to {topic}", exc) from None
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        timestamp_ms: int,
+        partition: int | None,
+        report: Callable[[Any, Any], None],
+    ) -> None:
+        settings = self.settings
         kwargs: dict[str, Any] = {
             "key": key,
             "value": value,
@@ -199,7 +257,7 @@ class ConfluentRecordProducer:
         while True:
             try:
                 self._producer.produce(topic, **kwargs)
-                return future
+                return
             except BufferError:
                 # The local queue is full: block like kafka-python's max_block_ms,
                 # letting delivery reports drain it.

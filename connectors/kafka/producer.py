@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from agent.errors import ServiceError
 from agent.settings import KafkaSettings
@@ -37,6 +37,15 @@ class Delivered:
     partition: int
     offset: int
     timestamp_ms: int
+
+
+class DeliveryTracker(Protocol):
+    """Told the outcome of each record sent with `produce` (one object per
+    transaction, not a closure per record: the hot path of the Kafka sink)."""
+
+    def delivered(self) -> None: ...
+
+    def failed(self, error: ServiceError) -> None: ...
 
 
 def producer_config(
@@ -120,6 +129,44 @@ class RecordProducer:
             future.add_callback(ok)
             future.add_errback(failed)
         return future
+
+    def delivery_callback(self, tracker: DeliveryTracker) -> Any:
+        """What `produce` takes as `callback`: built once per tracker."""
+        settings = self.settings
+
+        def ok(_meta: Any) -> None:
+            tracker.delivered()
+
+        def failed(exc: BaseException) -> None:
+            tracker.failed(kafka_error(settings, "delivering a record", exc))
+
+        return ok, failed
+
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        timestamp_ms: int,
+        partition: int | None,
+        callback: Any,
+    ) -> None:
+        """Queue one record, its outcome reported to `delivery_callback(tracker)`."""
+        try:
+            future = self._producer.send(
+                topic,
+                key=key,
+                value=value,
+                headers=headers,
+                timestamp_ms=timestamp_ms,
+                partition=partition,
+            )
+        except Exception as exc:
+            raise kafka_error(self.settings, f"sending to {topic}", exc) from None
+        ok, failed = callback
+        future.add_callback(ok)
+        future.add_errback(failed)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every queued record is acknowledged or failed; ServiceError on timeout."""

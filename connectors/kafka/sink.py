@@ -22,7 +22,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from agent.crypto.datakeys import DataKeyManager
@@ -33,8 +32,7 @@ from agent.errors import ServiceError
 from agent.settings import KafkaSettings, Settings
 from connectors.base import EncodedEvent, SinkItem, TxBegin, TxEnd
 from connectors.kafka.admin import TopicAdmin, topic_specs
-from connectors.kafka.producer import Delivered
-from connectors.kafka.producer_factory import Producer, make_producer
+from connectors.kafka.producer_factory import make_producer
 from connectors.kafka.topic_names import table_topic, transactions_topic
 
 TRUNCATE_KEY_NAME = "truncate"
@@ -43,12 +41,43 @@ TRUNCATE_KEY_NAME = "truncate"
 # failing the sink instead makes the outage visible (sink_up, sink errors)
 # while the checkpoint is held.
 DELIVERY_STALL_SECONDS = 15.0
+# A sealed value's format byte, announcement length (4) and announcement head
+# up to the end of its data-key id (agent/crypto/messages.py).
+_KEY_ID_PREFIX = 1 + 4 + 21
 
 
-@dataclass
-class _TxState:
-    outstanding: int = 0
-    ended: bool = False
+class _TxDelivery:
+    """One transaction's records in flight: the delivery callback object of all
+    of them (one per transaction, not a closure per record). `sent` is written
+    by the sink thread only; `acked` under the sink's lock, since librdkafka
+    may serve delivery reports from more than one thread (poll and flush)."""
+
+    __slots__ = ("acked", "ended", "index", "sent", "sink")
+
+    def __init__(self, sink: KafkaSink, index: int) -> None:
+        self.sink = sink
+        self.index = index
+        self.sent = 0
+        self.acked = 0
+        self.ended = False
+
+    @property
+    def done(self) -> bool:
+        return self.ended and self.acked >= self.sent
+
+    def delivered(self) -> None:
+        sink = self.sink
+        with sink._lock:
+            self.acked += 1
+            sink._acked_total += 1
+            done = self.ended and self.acked >= self.sent
+        if done:
+            sink._settle()
+
+    def failed(self, error: ServiceError) -> None:
+        with self.sink._lock:
+            self.sink._acked_total += 1  # no longer in flight
+        self.sink._error = error
 
 
 class KafkaSink:
@@ -68,18 +97,30 @@ class KafkaSink:
         self.retention = settings.retention
         self.sealer = MessageSealer(data_keys)
         self.hasher = hasher
-        self._producer: Producer | None = None
+        # Both backends (RecordProducer, ConfluentRecordProducer) have
+        # delivery_callback/produce, the per-transaction delivery path.
+        self._producer: Any = None
         self._admin: TopicAdmin | None = None
         self._topics: set[str] = set()
         self._lock = threading.Lock()
-        self._txs: OrderedDict[int, _TxState] = OrderedDict()
+        self._txs: OrderedDict[int, _TxDelivery] = OrderedDict()
+        self._tx: _TxDelivery | None = None
+        self._tx_callback: Any = None
+        self._tx_ts_ms = 0
         self._error: ServiceError | None = None
         self._ack: Callable[[int], None] = lambda i: None
         self._current: TxBegin | None = None
         self._counts: dict[str, int] = {}
         self._stall_seconds = stall_seconds
-        self._in_flight = 0  # records sent, neither acknowledged nor failed
-        self._last_delivery = time.monotonic()  # or when in-flight last rose from 0
+        # Records sent (sink thread) and settled (acknowledged or failed, under
+        # the lock); the difference is what is in flight. The stall check in
+        # tick() needs no clock read per record.
+        self._sent_total = 0
+        self._acked_total = 0
+        self._progress = (0, time.monotonic())  # (acked_total, when it last moved)
+        self._topic_of: dict[tuple[str, str], str] = {}
+        self._key_id_headers: dict[bytes, list[tuple[str, bytes]]] = {}
+        self._tombstone_headers = [("cv-format", str(FORMAT_VERSION).encode())]
         self.tx_topic = transactions_topic(self.kafka.topic_prefix)
 
     # -------------------------------------------------------------- lifecycle
@@ -100,10 +141,15 @@ class KafkaSink:
 
     def tick(self) -> None:
         self._raise_if_failed()
+        now = time.monotonic()
         with self._lock:
-            waiting = self._in_flight
-            idle = time.monotonic() - self._last_delivery
-        if waiting and idle > self._stall_seconds:
+            acked = self._acked_total
+            waiting = self._sent_total - acked
+        if acked != self._progress[0] or not waiting:
+            self._progress = (acked, now)
+            return
+        idle = now - self._progress[1]
+        if idle > self._stall_seconds:
             self._error = ServiceError(
                 f"Kafka at {','.join(self.kafka.bootstrap_servers)}: no delivery acknowledged "
                 f"for {idle:.0f}s with {waiting} record(s) outstanding (broker down or hung?)"
@@ -126,6 +172,14 @@ class KafkaSink:
             self.kafka.topic_prefix, self.database, None if self.mysql else schema, table
         )
 
+    def _topic(self, schema: str, table: str) -> str:
+        """The table's topic, created on first use; cached (encoding it costs per event)."""
+        topic = self.topic_for(schema, table)
+        if topic not in self._topics:
+            self._ensure([(schema, table)])
+        self._topic_of[(schema, table)] = topic
+        return topic
+
     def _ensure(self, tables: list[tuple[str, str]]) -> None:
         assert self._admin is not None
         specs = topic_specs(
@@ -142,56 +196,66 @@ class KafkaSink:
     # ----------------------------------------------------------------- accept
 
     def accept(self, item: SinkItem) -> None:
-        self._raise_if_failed()
-        if isinstance(item, TxBegin):
+        if self._error is not None:
+            raise self._error
+        if type(item) is EncodedEvent:  # the common case first
+            self._event(item)
+        elif isinstance(item, TxBegin):
             self._current = item
             self._counts = {}
+            tx = _TxDelivery(self, item.index)
+            self._tx = tx
+            self._tx_callback = self._producer.delivery_callback(tx)
+            self._tx_ts_ms = int(item.commit_ts.timestamp() * 1000)
             with self._lock:
-                self._txs[item.index] = _TxState()
+                self._txs[item.index] = tx
         elif isinstance(item, EncodedEvent):
             self._event(item)
         elif isinstance(item, TxEnd):
             self._tx_record(item)
+            current = self._tx
+            assert current is not None and current.index == item.index
             with self._lock:
-                self._txs[item.index].ended = True
-            self._settle()
+                current.ended = True
+                done = current.done
+            if done:
+                self._settle()
 
     def _event(self, item: EncodedEvent) -> None:
         ev = item.event
-        topic = self.topic_for(ev.schema, ev.table)
-        if topic not in self._topics:
-            self._ensure([(ev.schema, ev.table)])
-        self._counts[topic] = self._counts.get(topic, 0) + 1
-        assert self._current is not None
-        ts = int(self._current.commit_ts.timestamp() * 1000)
-        if ev.op == "t":
+        topic = self._topic_of.get((ev.schema, ev.table)) or self._topic(ev.schema, ev.table)
+        counts = self._counts
+        counts[topic] = counts.get(topic, 0) + 1
+        ts = self._tx_ts_ms
+        op = ev.op
+        if op == "t":
             key = self.hasher.reserved(ev.schema, ev.table, TRUNCATE_KEY_NAME)
-            assert self._producer is not None
             for partition in sorted(self._producer.partitions_for(topic)):
-                self._send(item.index, topic, key, item.envelope, ts, partition)
+                self._send(topic, key, item.envelope, ts, partition)
             return
         key = self.hasher.row_key(ev.schema, ev.table, ev.key or {})
-        old_key_values = _old_key(ev.before, ev.key)
-        if ev.op == "u" and old_key_values is not None:
-            # The primary key changed: the old row is gone, a new one exists.
-            old_key = self.hasher.row_key(ev.schema, ev.table, old_key_values)
-            doc = json.loads(item.envelope)
-            deleted = {
-                **doc,
-                "id": doc["id"] + "/old",
-                "op": "d",
-                "key": old_key_values,
-                "after": None,
-                "unchanged": [],
-            }
-            inserted = {**doc, "op": "c", "before": None}
-            self._send(item.index, topic, old_key, _dump(deleted), ts)
-            self._send(item.index, topic, old_key, None, ts)
-            self._send(item.index, topic, key, _dump(inserted), ts)
-            return
-        self._send(item.index, topic, key, item.envelope, ts)
-        if ev.op == "d":
-            self._send(item.index, topic, key, None, ts)  # tombstone: compaction drops the key
+        if op == "u":
+            old_key_values = _old_key(ev.before, ev.key)
+            if old_key_values is not None:
+                # The primary key changed: the old row is gone, a new one exists.
+                old_key = self.hasher.row_key(ev.schema, ev.table, old_key_values)
+                doc = json.loads(item.envelope)
+                deleted = {
+                    **doc,
+                    "id": doc["id"] + "/old",
+                    "op": "d",
+                    "key": old_key_values,
+                    "after": None,
+                    "unchanged": [],
+                }
+                inserted = {**doc, "op": "c", "before": None}
+                self._send(topic, old_key, _dump(deleted), ts)
+                self._send(topic, old_key, None, ts)
+                self._send(topic, key, _dump(inserted), ts)
+                return
+        self._send(topic, key, item.envelope, ts)
+        if op == "d":
+            self._send(topic, key, None, ts)  # tombstone: compaction drops the key
 
     def _tx_record(self, end: TxEnd) -> None:
         assert self._current is not None
@@ -202,55 +266,50 @@ class KafkaSink:
             "events": self._counts,
         }
         ts = int(end.commit_ts.timestamp() * 1000)
-        self._send(end.index, self.tx_topic, None, _dump(doc), ts, partition=0)
+        self._send(self.tx_topic, None, _dump(doc), ts, partition=0)
 
     def _send(
         self,
-        index: int,
         topic: str,
         key: bytes | None,
         plaintext: bytes | None,
         ts_ms: int,
         partition: int | None = None,
     ) -> None:
-        assert self._producer is not None
-        value = None
-        headers: list[tuple[str, bytes]] = [("cv-format", str(FORMAT_VERSION).encode())]
-        if plaintext is not None:
+        tx = self._tx
+        assert tx is not None
+        if plaintext is None:
+            value = None
+            headers = self._tombstone_headers
+        else:
             value = self.sealer.seal(plaintext, topic, key or b"")
-            headers.append(("cv-key-id", peek_data_key_id(value).encode()))
-        with self._lock:
-            self._txs[index].outstanding += 1
-            if self._in_flight == 0:
-                self._last_delivery = time.monotonic()
-            self._in_flight += 1
-        self._producer.send(
-            topic, key, value, headers, ts_ms, partition, on_delivery=self._delivery(index)
-        )
+            headers = self._headers(value)
+        tx.sent += 1  # before produce: its callback may run at once
+        self._sent_total += 1
+        self._producer.produce(topic, key, value, headers, ts_ms, partition, self._tx_callback)
 
-    def _delivery(self, index: int) -> Callable[[Delivered | None, ServiceError | None], None]:
-        def done(_meta: Delivered | None, error: ServiceError | None) -> None:
-            with self._lock:
-                self._in_flight -= 1
-                self._last_delivery = time.monotonic()
-            if error is not None:
-                self._error = error
-                return
-            with self._lock:
-                self._txs[index].outstanding -= 1
-            self._settle()
-
-        return done
+    def _headers(self, sealed: bytes) -> list[tuple[str, bytes]]:
+        """cv-format and cv-key-id, one list per data key: the id is read from the
+        sealed value's announcement, the same for every value sealed under that key."""
+        # The format byte, the announcement's length and its head (which holds
+        # the key id) decide the id, so they are the cache key.
+        prefix = sealed[:_KEY_ID_PREFIX]
+        headers = self._key_id_headers.get(prefix)
+        if headers is None:
+            headers = [*self._tombstone_headers, ("cv-key-id", peek_data_key_id(sealed).encode())]
+            self._key_id_headers = {prefix: headers}  # one data key at a time
+        return headers
 
     def _settle(self) -> None:
         """Acknowledge the gap-free prefix of fully delivered transactions."""
         last = None
         with self._lock:
-            while self._txs:
-                index, state = next(iter(self._txs.items()))
-                if not state.ended or state.outstanding > 0:
+            txs = self._txs
+            while txs:
+                index, state = next(iter(txs.items()))
+                if not (state.ended and state.acked >= state.sent):
                     break
-                self._txs.popitem(last=False)
+                txs.popitem(last=False)
                 last = index
         if last is not None:
             self._ack(last)
