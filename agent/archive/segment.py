@@ -149,7 +149,10 @@ def read_segment_records(
 class SegmentBuilder:
     """Accumulates records for one segment, compressed, in bounded memory."""
 
-    def __init__(self, level: int = 3) -> None:
+    # Level 1: on envelope JSON fed record by record it compresses as well as
+    # level 3 (measured: slightly smaller) at about a third of the CPU, and the
+    # archive sink's thread competes with capture for the GIL.
+    def __init__(self, level: int = 1) -> None:
         self._cctx = zstandard.ZstdCompressor(level=level)
         self._comp = self._cctx.compressobj()
         self._out = bytearray()

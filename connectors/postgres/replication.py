@@ -28,8 +28,9 @@ from connectors.postgres.pgtypes import REPLICATION_SESSION_SETTINGS
 # Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _PG_EPOCH_OFFSET_US = 946_684_800_000_000
-_XLOGDATA = struct.Struct("!QQq")
-_KEEPALIVE = struct.Struct("!QqB")
+# Stream message headers after the one-byte kind ('w' / 'k').
+XLOGDATA = struct.Struct("!QQq")  # data start, WAL end, send time
+KEEPALIVE = struct.Struct("!QqB")  # WAL end, send time, reply requested
 _STATUS = struct.Struct("!cQQQqB")
 
 
@@ -120,10 +121,10 @@ class Keepalive:
 def parse_copy_message(data: bytes) -> XLogData | Keepalive:
     kind = data[:1]
     if kind == b"w":
-        start, end, ts = _XLOGDATA.unpack_from(data, 1)
-        return XLogData(start, end, ts, data[1 + _XLOGDATA.size :])
+        start, end, ts = XLOGDATA.unpack_from(data, 1)
+        return XLogData(start, end, ts, data[1 + XLOGDATA.size :])
     if kind == b"k":
-        end, ts, reply = _KEEPALIVE.unpack_from(data, 1)
+        end, ts, reply = KEEPALIVE.unpack_from(data, 1)
         return Keepalive(end, ts, bool(reply))
     raise ServiceError(f"walsender sent an unexpected message type {kind!r}; expected 'w' or 'k'")
 
@@ -229,6 +230,42 @@ class ReplicationConnection:
             if remaining <= 0:
                 return None
             if self._wait_readable(remaining):
+                pgconn.consume_input()
+
+    def read_batch(self, timeout: float, limit: int = 4096) -> list[memoryview]:
+        """Every complete message libpq already holds (at most `limit`), raw: the
+        first byte is 'w' (XLogData: 24 header bytes, then the pgoutput payload)
+        or 'k' (keepalive). Waits at most `timeout` for the first; [] if none came.
+
+        One call per burst instead of per message, no message object and no copy
+        here: each view owns its libpq buffer, the caller copies the payload once.
+        """
+        pgconn = self._conn.pgconn
+        get = pgconn.get_copy_data
+        out: list[memoryview] = []
+        deadline = 0.0
+        while True:
+            nbytes, data = get(1)
+            if nbytes > 0:
+                out.append(data)
+                if len(out) >= limit:
+                    return out
+                continue
+            if nbytes == -1:
+                # End of COPY: the server ended the stream (shutdown, terminate).
+                result = pgconn.get_result()
+                detail = result.error_message.decode(errors="replace") if result else ""
+                raise psycopg.OperationalError(
+                    f"walsender ended the stream {detail.strip()}".strip()
+                )
+            if out:
+                return out
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + timeout
+            elif now >= deadline:
+                return out
+            if self._wait_readable(deadline - now):
                 pgconn.consume_input()
 
     def send_status(self, write: int, flush: int, apply: int, reply: bool = False) -> None:

@@ -44,7 +44,8 @@ from connectors.postgres.pgoutput import Relation
 from connectors.postgres.pgtypes import TYPE_INFO_QUERY, TypeConverters, TypeInfo
 from connectors.postgres.relations import EventBuilder, RelationHistory
 from connectors.postgres.replication import (
-    Keepalive,
+    KEEPALIVE,
+    XLOGDATA,
     ReplicationConnection,
     connection_params,
     lsn_to_int,
@@ -79,6 +80,8 @@ def is_refusal(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return any(marker in text for marker in _REFUSALS)
+
+
 _HEARTBEAT_PREFIX = "changevault"
 
 
@@ -116,6 +119,11 @@ class PostgresSource:
         self._last_wal_heartbeat = 0.0
         self._heartbeat_failed = False
         self._last_position: Position | None = None
+        # Raw stream messages read but not handled yet (_poll returns at a commit).
+        self._batch: list[memoryview] = []
+        self._batch_at = 0
+        # Read once: settings do not change under a running source.
+        self._wal_heartbeat_interval = self._source.heartbeat_interval.total_seconds()
         self._unfinished: Iterator[Any] | None = None
         self.reconnects = 0  # counted for metrics; each is logged once
         self.converters = TypeConverters(resolver=self._resolve_type)
@@ -320,6 +328,7 @@ class PostgresSource:
         self._drop_repl()
 
     def _drop_repl(self) -> None:
+        self._batch, self._batch_at = [], 0
         self.assembler.reset()
         self.assembler.skip_through = self._yielded_end
         if self._repl is not None:
@@ -372,39 +381,64 @@ class PostgresSource:
         self._last_status = time.monotonic()
 
     def _poll(self) -> Transaction | Heartbeat:
-        """Read until a transaction commits, or at most ~1 s (then a Heartbeat)."""
+        """Read until a transaction commits, or at most ~1 s (then a Heartbeat).
+
+        Messages come from libpq in batches (read_batch); between batches the
+        clock is read once for status updates, heartbeats and the deadline.
+        """
         repl = self._repl
         assert repl is not None
+        feed = self.assembler.feed
         deadline = time.monotonic() + 1.0
+        batch, i = self._batch, self._batch_at
         while True:
-            now = time.monotonic()
-            if now - self._last_status >= self._status_interval:
-                self._send_status()
-            self._maybe_emit_wal_heartbeat(now)
-            left = deadline - now
-            if left <= 0:
-                return self._heartbeat()
-            msg = repl.read(min(left, self._status_interval))
-            if msg is None:
-                continue
-            if isinstance(msg, Keepalive):
-                self._received_lsn = max(self._received_lsn, msg.wal_end)
-                beat = self._wal_advanced(msg.wal_end)
-                if msg.reply_requested:
+            if i >= len(batch):
+                if batch and batch[-1][0] == 0x77:  # the batch's last XLogData start
+                    start = XLOGDATA.unpack_from(batch[-1], 1)[0]
+                    self._received_lsn = max(self._received_lsn, start)
+                now = time.monotonic()
+                if now - self._last_status >= self._status_interval:
                     self._send_status()
+                if now - self._last_wal_heartbeat >= self._wal_heartbeat_interval:
+                    self._emit_wal_heartbeat(now)
+                left = deadline - now
+                if left <= 0:
+                    self._batch, self._batch_at = [], 0
+                    return self._heartbeat()
+                batch, i = repl.read_batch(min(left, self._status_interval)), 0
+                self._batch = batch
+                continue
+            data = batch[i]
+            i += 1
+            if data[0] == 0x77:  # 'w': XLogData; the payload is copied once, here
+                item = feed(bytes(data[25:]))
+                if item is None:
+                    continue
+                self._batch_at = i
+                start, wal_end, _ts = XLOGDATA.unpack_from(data, 1)
+                self._received_lsn = max(self._received_lsn, start)
+                if isinstance(item, Transaction):
+                    self._yielded_end = resume_lsn(item.position)
+                    self._last_position = item.position
+                    return item
+                # a non-transactional logical message
+                beat = self._wal_advanced(max(wal_end, item.lsn))
                 if beat is not None:
                     return beat
                 continue
-            self._received_lsn = max(self._received_lsn, msg.data_start)
-            item = self.assembler.feed(msg.payload)
-            if isinstance(item, Transaction):
-                self._yielded_end = resume_lsn(item.position)
-                self._last_position = item.position
-                return item
-            if item is not None:  # a non-transactional logical message
-                beat = self._wal_advanced(max(msg.wal_end, item.lsn))
-                if beat is not None:
-                    return beat
+            if data[0] != 0x6B:  # 'k'
+                raise ServiceError(
+                    f"walsender sent an unexpected message type {bytes(data[:1])!r}; "
+                    "expected 'w' or 'k'"
+                )
+            wal_end, _ts, reply = KEEPALIVE.unpack_from(data, 1)
+            self._received_lsn = max(self._received_lsn, wal_end)
+            self._batch_at = i
+            beat = self._wal_advanced(wal_end)
+            if reply:
+                self._send_status()
+            if beat is not None:
+                return beat
 
     def _wal_advanced(self, wal_end: int) -> Heartbeat | None:
         """WAL moved on with nothing captured half-received: say so, and when every
@@ -433,11 +467,8 @@ class PostgresSource:
         self._repl.send_status(max(self._received_lsn, flush), flush, flush)
         self._last_status = time.monotonic()
 
-    def _maybe_emit_wal_heartbeat(self, now: float) -> None:
+    def _emit_wal_heartbeat(self, now: float) -> None:
         """A tiny WAL record so the slot advances while captured tables are idle."""
-        interval = self._source.heartbeat_interval.total_seconds()
-        if now - self._last_wal_heartbeat < interval:
-            return
         self._last_wal_heartbeat = now
         try:
             self._query(
