@@ -184,12 +184,24 @@ class Pipeline:
             idx, tx.position, tx.txid, tx.commit_ts, tuple(tx.schemas), tx.snapshot_id
         )
         self._put(begin, workers)
-        counts: dict[tuple[str, str], int] = {}
+        # The per-event loop is the source thread's hot path: locals, the batch
+        # list appended to directly, counts keyed by the objects at hand (the
+        # "schema.table" names are built once per transaction below).
+        encode = self.encoder.encode
+        position, txid = tx.position, tx.txid
+        batch_items = self.options.batch_items
+        raw_counts: dict[tuple[str, str, str], int] = {}
         for ev in tx.events:
-            eid, envelope = self.encoder.encode(ev, tx.position, tx.txid, commit_ts)
-            self._put(EncodedEvent(idx, eid, ev, envelope), workers)
-            k = (f"{ev.schema}.{ev.table}", ev.op)
-            counts[k] = counts.get(k, 0) + 1
+            eid, envelope = encode(ev, position, txid, commit_ts)
+            batch = self._batch
+            batch.append(EncodedEvent(idx, eid, ev, envelope))
+            if len(batch) >= batch_items:
+                self._send_batch(workers)
+            k = (ev.schema, ev.table, ev.op)
+            raw_counts[k] = raw_counts.get(k, 0) + 1
+        counts: dict[tuple[str, str], int] = {}
+        for (schema, table, op), n in raw_counts.items():
+            counts[(f"{schema}.{table}", op)] = n
         per_table: dict[str, int] = {}
         for (table, _op), n in counts.items():
             per_table[table] = per_table.get(table, 0) + n

@@ -131,7 +131,9 @@ class Bench:
                                      self.name("ceil")) for _ in range(self.plan.repeats)])
         self.notes["producer_ceiling_rows_per_s"] = (
             f"confluent-kafka, {self.plan.ceiling_messages:,} messages of {value_size} random "
-            "bytes (like sealed values), one per row, acks=all, idempotent, gzip")
+            "bytes (like sealed values), one per row, acks=all, idempotent, zstd (the default "
+            "kafka.compression), through the backend's produce() with one shared delivery "
+            "callback")
         peer = min(ceiling, self.values.get("pg_recvlogical_rows_per_s") or ceiling)
         self.values["pg_capture_ratio"] = rate / peer
         slow = capture.measure_capture(self.servers, self.name("caps"), SLOW,
