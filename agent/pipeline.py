@@ -32,6 +32,7 @@ from connectors.base import EncodedEvent, Sink, SinkItem, Source, TxBegin, TxEnd
 log = logging.getLogger(__name__)
 
 _STOP = object()  # sentinel: drain and close
+_TICK_INTERVAL = 0.25  # seconds between sink.tick() calls while items flow
 
 
 class PipelineObserver(Protocol):
@@ -103,7 +104,9 @@ class _SinkWorker:
                     for one in item:  # type: ignore[attr-defined]
                         self.sink.accept(one)
                 now = time.monotonic()
-                if item is None or now - last_tick >= 1.0:
+                # Often enough that a segment closes soon after segment_max_age
+                # (durability latency), rarely enough to cost nothing per item.
+                if item is None or now - last_tick >= _TICK_INTERVAL:
                     self.sink.tick()
                     last_tick = now
                 self.busy_since = None

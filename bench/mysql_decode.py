@@ -37,10 +37,19 @@ DB, TABLE = "bench", "orders"
 
 
 def load(server: MariaDBServer, rows: int) -> None:
+    create_table(server)
+    load_rows(server, rows)
+
+
+def create_table(server: MariaDBServer) -> None:
     server.execute(f"CREATE DATABASE {DB}")
     server.execute(
         f"CREATE TABLE {DB}.{TABLE} (id INT PRIMARY KEY, customer_id BIGINT, status VARCHAR(20),"
         " amount DECIMAL(12,2), created DATETIME(3), score DOUBLE, note VARCHAR(100), qty INT)")
+
+
+def load_rows(server: MariaDBServer, rows: int) -> None:
+    """`rows` inserts in 1,000-row statements, then the same rows updated likewise."""
     base = datetime(2024, 5, 1, 10, 0, 0)  # distinct timestamps: no formatting shortcuts
     with server.connect(DB) as conn, conn.cursor() as cur:
         batch = 1000

@@ -20,8 +20,8 @@ from typing import Any
 
 from bench import capture, pg_decode, report, workload
 from bench.agent_runs import drop_agent_run, new_agent_run, peak_rss_mb, wait_checkpoint
-from bench.mysql_bench import KEYS as MYSQL_KEYS
-from bench.mysql_bench import measure_mysql
+from bench.mysql_capture import KEYS as MYSQL_KEYS
+from bench.mysql_capture import measure_mysql_capture
 from bench.restore_bench import RestoreResult, measure_restore
 from bench.servers import BenchServers, started_servers
 
@@ -191,7 +191,7 @@ class Bench:
             drop_agent_run(self.servers, run)
 
     def mysql(self) -> None:
-        values, notes = measure_mysql(self.plan.mode == "quick")
+        values, notes = measure_mysql_capture(self.servers, self.plan.mode == "quick")
         self.values.update(values)
         self.notes.update(notes)
 
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             ("big", "one big transaction: RSS, restore, copy",
              ("peak_rss_mb", *report.TARGETS[6].keys, *report.TARGETS[7].keys),
              bench.big_transaction),
-            ("mysql", "MariaDB decode (bench/mysql_decode.py)", MYSQL_KEYS, bench.mysql),
+            ("mysql", "MariaDB end to end (bench/mysql_capture.py)", MYSQL_KEYS, bench.mysql),
         ]
         for key, title, keys, body in phases:
             if args.only and key not in args.only:
