@@ -99,7 +99,8 @@ _text: Converter = bytes.decode
 
 
 def _bool(v: bytes) -> bool:
-    return v == b"t"  # pgoutput and COPY's text form
+    # pgoutput and COPY send t/f; the snapshot reader's col::text gives true/false.
+    return v == b"t" or v == b"true"
 
 
 def _float(v: bytes) -> float | str:

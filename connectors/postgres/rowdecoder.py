@@ -62,7 +62,7 @@ _COLUMN: Final = """\
 _CONVERT: Final = {
     "int": "            v{i} = int(buf[s:pos])",
     "text": "            v{i} = buf[s:pos].decode()",
-    "bool": "            v{i} = pos - s == 1 and buf[s] == 116",
+    "bool": "            v{i} = (pos - s == 1 and buf[s] == 116) or buf[s:pos] == b'true'",
     # Only a BC date ("0044-03-15 BC") differs from its text; it ends in 'C'.
     "date": "            v{i} = buf[s:pos].decode() if buf[pos - 1] != 67 else C{i}(buf[s:pos])",
     # pgtypes._timestamptz's common case, verbatim; anything else calls it.

@@ -209,3 +209,11 @@ def test_format_type_without_catalog_entry_is_text() -> None:
     warnings = UnknownTypeWarnings()
     assert format_type(7777, -1, CATALOG.get, warnings) == "text"
     assert warnings.seen == {"oid 7777"}
+
+
+def test_bool_accepts_output_and_cast_spellings() -> None:
+    # pgoutput/COPY send t/f; the snapshot reader's col::text gives true/false.
+    from connectors.postgres.pgtypes import TypeConverters
+
+    convert = TypeConverters().for_oid(16)
+    assert [convert(v) for v in (b"t", b"true", b"f", b"false")] == [True, True, False, False]
