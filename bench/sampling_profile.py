@@ -2,8 +2,9 @@
 
 cProfile sees only the main thread of the process it runs in; the agent's
 work happens in its pipeline threads, so a sampling profiler attached from
-outside is the honest view. py-spy is optional (PyPI `py-spy`); without it
-the profile is skipped with a note.
+outside is the honest view. Only samples of the thread holding the GIL count
+(`--gil`): waits (librdkafka poll, select, queues) are left out. py-spy is
+optional (PyPI `py-spy`); without it the profile is skipped with a note.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class AgentProfile:
         if binary is not None:
             self._proc = subprocess.Popen(
                 [binary, "record", "--pid", str(pid), "--format", "raw", "--output", str(out),
-                 "--rate", "100", "--threads", "--nonblocking"],
+                 "--rate", "100", "--threads", "--gil", "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> str | None:
@@ -76,8 +77,8 @@ def summarize(raw: Path, limit: int = 15) -> str:
             inclusive[name] += n
     if not total:
         return "no samples"
-    lines = [f"{total} samples (100/s, all threads; time inside a C call, e.g. librdkafka"
-             " poll(), counts for the Python frame that made it)", "",
+    lines = [f"{total} samples (100/s, only the thread holding the GIL: the pipeline's"
+             " threads share one interpreter, so this is what serializes them)", "",
              "own %  function"]
     lines += [f"{100 * n / total:5.1f}  {name}" for name, n in own.most_common(limit)]
     lines += ["", "incl % function"]
