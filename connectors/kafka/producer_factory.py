@@ -8,7 +8,12 @@ from typing import Any, Protocol
 
 from agent.errors import ServiceError
 from agent.settings import KafkaSettings
-from connectors.kafka.producer import Delivered, ProducerTuning, RecordProducer
+from connectors.kafka.producer import (
+    Delivered,
+    DeliveryTracker,
+    ProducerTuning,
+    RecordProducer,
+)
 
 
 class Producer(Protocol):
@@ -24,6 +29,21 @@ class Producer(Protocol):
         partition: int | None = None,
         on_delivery: Callable[[Delivered | None, ServiceError | None], None] | None = None,
     ) -> Future[Delivered] | Any: ...
+
+    def delivery_callback(self, tracker: DeliveryTracker) -> Any:
+        """The callback `produce` takes, built once per tracker (per transaction)."""
+        ...
+
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        timestamp_ms: int,
+        partition: int | None,
+        callback: Any,
+    ) -> None: ...
 
     def flush(self, timeout: float | None = None) -> None: ...
 

@@ -32,7 +32,7 @@ from agent.errors import ServiceError
 from agent.settings import KafkaSettings, Settings
 from connectors.base import EncodedEvent, SinkItem, TxBegin, TxEnd
 from connectors.kafka.admin import TopicAdmin, topic_specs
-from connectors.kafka.producer_factory import make_producer
+from connectors.kafka.producer_factory import Producer, make_producer
 from connectors.kafka.topic_names import table_topic, transactions_topic
 
 TRUNCATE_KEY_NAME = "truncate"
@@ -97,9 +97,7 @@ class KafkaSink:
         self.retention = settings.retention
         self.sealer = MessageSealer(data_keys)
         self.hasher = hasher
-        # Both backends (RecordProducer, ConfluentRecordProducer) have
-        # delivery_callback/produce, the per-transaction delivery path.
-        self._producer: Any = None
+        self._producer: Producer | None = None
         self._admin: TopicAdmin | None = None
         self._topics: set[str] = set()
         self._lock = threading.Lock()
@@ -205,6 +203,7 @@ class KafkaSink:
             self._counts = {}
             tx = _TxDelivery(self, item.index)
             self._tx = tx
+            assert self._producer is not None, "open() first"
             self._tx_callback = self._producer.delivery_callback(tx)
             self._tx_ts_ms = int(item.commit_ts.timestamp() * 1000)
             with self._lock:
@@ -230,6 +229,7 @@ class KafkaSink:
         op = ev.op
         if op == "t":
             key = self.hasher.reserved(ev.schema, ev.table, TRUNCATE_KEY_NAME)
+            assert self._producer is not None
             for partition in sorted(self._producer.partitions_for(topic)):
                 self._send(topic, key, item.envelope, ts, partition)
             return
@@ -286,7 +286,9 @@ class KafkaSink:
             headers = self._headers(value)
         tx.sent += 1  # before produce: its callback may run at once
         self._sent_total += 1
-        self._producer.produce(topic, key, value, headers, ts_ms, partition, self._tx_callback)
+        producer = self._producer
+        assert producer is not None
+        producer.produce(topic, key, value, headers, ts_ms, partition, self._tx_callback)
 
     def _headers(self, sealed: bytes) -> list[tuple[str, bytes]]:
         """cv-format and cv-key-id, one list per data key: the id is read from the
