@@ -31,7 +31,8 @@ from connectors.base import EncodedEvent, Sink, SinkItem, Source, TxBegin, TxEnd
 
 log = logging.getLogger(__name__)
 
-_STOP = object()  # sentinel: drain and close
+# Sentinel batch (compared by identity): drain and close.
+_STOP: list[SinkItem] = []
 _TICK_INTERVAL = 0.25  # seconds between sink.tick() calls while items flow
 
 
@@ -81,7 +82,7 @@ class _SinkWorker:
 
     def __init__(self, sink: Sink, maxsize: int, on_fail: Callable[[], None]) -> None:
         self.sink = sink
-        self.queue: queue.Queue[object] = queue.Queue(maxsize)
+        self.queue: queue.Queue[list[SinkItem]] = queue.Queue(maxsize)
         self.error: BaseException | None = None
         # monotonic time the current call into the sink started; None when idle
         self.busy_since: float | None = None
@@ -92,6 +93,7 @@ class _SinkWorker:
         try:
             last_tick = time.monotonic()
             while True:
+                item: list[SinkItem] | None
                 try:
                     item = self.queue.get(timeout=0.5)
                 except queue.Empty:
@@ -101,7 +103,7 @@ class _SinkWorker:
                     self.sink.flush(timeout=60.0)
                     return
                 if item is not None:
-                    for one in item:  # type: ignore[attr-defined]
+                    for one in item:
                         self.sink.accept(one)
                 now = time.monotonic()
                 # Often enough that a segment closes soon after segment_max_age
