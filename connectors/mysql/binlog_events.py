@@ -11,6 +11,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from agent.events import Op
+
 # Event type codes (MySQL binlog_event.h, MariaDB log_event.h).
 QUERY = 2
 STOP = 3
@@ -35,7 +37,7 @@ MARIADB_COMPRESSED_ROWS = frozenset({166, 167, 168, 169, 170, 171})
 ROW_EVENTS = frozenset(
     {WRITE_ROWS_V1, UPDATE_ROWS_V1, DELETE_ROWS_V1, WRITE_ROWS_V2, UPDATE_ROWS_V2, DELETE_ROWS_V2}
 )
-ROW_OP = {
+ROW_OP: dict[int, Op] = {
     WRITE_ROWS_V1: "c", WRITE_ROWS_V2: "c",
     UPDATE_ROWS_V1: "u", UPDATE_ROWS_V2: "u",
     DELETE_ROWS_V1: "d", DELETE_ROWS_V2: "d",

@@ -301,7 +301,7 @@ class BinlogReader:
             else:
                 before, after, keyrow = old, new, new
             key = {k: keyrow[k] for k in pk} if pk else None
-            spool.append(ChangeEvent(op, sname, tname, spool.count, key,  # type: ignore[arg-type]
+            spool.append(ChangeEvent(op, sname, tname, spool.count, key,
                                      before, after, version))
 
     def _query(self, tx: _Tx, q: ev.Query, position: Position,

@@ -101,34 +101,6 @@ class CreatedSlot:
     snapshot_name: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class XLogData:
-    """One 'w' message: `payload` is a pgoutput message starting at `data_start`."""
-
-    data_start: int
-    wal_end: int
-    send_time: int
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Keepalive:
-    wal_end: int
-    send_time: int
-    reply_requested: bool
-
-
-def parse_copy_message(data: bytes) -> XLogData | Keepalive:
-    kind = data[:1]
-    if kind == b"w":
-        start, end, ts = XLOGDATA.unpack_from(data, 1)
-        return XLogData(start, end, ts, data[1 + XLOGDATA.size :])
-    if kind == b"k":
-        end, ts, reply = KEEPALIVE.unpack_from(data, 1)
-        return Keepalive(end, ts, bool(reply))
-    raise ServiceError(f"walsender sent an unexpected message type {kind!r}; expected 'w' or 'k'")
-
-
 def standby_status(write: int, flush: int, apply: int, reply: bool = False) -> bytes:
     return _STATUS.pack(b"r", write, flush, apply, _now_pg_micros(), int(reply))
 
@@ -210,27 +182,6 @@ class ReplicationConnection:
     def _wait_readable(self, timeout: float) -> bool:
         readable, _, _ = select.select([self._conn.pgconn.socket], [], [], timeout)
         return bool(readable)
-
-    def read(self, timeout: float) -> XLogData | Keepalive | None:
-        """The next stream message, or None when none arrived within `timeout`."""
-        pgconn = self._conn.pgconn
-        deadline = time.monotonic() + timeout
-        while True:
-            nbytes, data = pgconn.get_copy_data(1)
-            if nbytes > 0:
-                return parse_copy_message(bytes(data))
-            if nbytes == -1:
-                # End of COPY: the server ended the stream (shutdown, terminate).
-                result = pgconn.get_result()
-                detail = result.error_message.decode(errors="replace") if result else ""
-                raise psycopg.OperationalError(
-                    f"walsender ended the stream {detail.strip()}".strip()
-                )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            if self._wait_readable(remaining):
-                pgconn.consume_input()
 
     def read_batch(self, timeout: float, limit: int = 4096) -> list[memoryview]:
         """Every complete message libpq already holds (at most `limit`), raw: the
