@@ -37,6 +37,9 @@ class _Open:
     builder: SegmentBuilder = field(default_factory=SegmentBuilder)
     opened: float = field(default_factory=time.monotonic)
     after: Position | None = None  # last complete position before this segment
+    # The transaction already open when this segment began (its begin record is
+    # in an earlier segment): lets a reader start here without the neighbour.
+    continues: TxBegin | None = None
     first_position: Position | None = None
     last_end: TxEnd | None = None
     first_commit: str | None = None
@@ -73,6 +76,7 @@ class ArchiveSink:
         self._ack: Callable[[int], None] = lambda i: None
         self._seg: _Open | None = None
         self._last_complete: Position | None = resume_after
+        self._open_tx: TxBegin | None = None
         self._on_segment = on_segment
         # The pipeline's durable position, recorded with each segment so a
         # new host (empty state_dir) resumes where every sink already was.
@@ -85,7 +89,7 @@ class ArchiveSink:
 
     def _segment(self) -> _Open:
         if self._seg is None:
-            self._seg = _Open(after=self._last_complete)
+            self._seg = _Open(after=self._last_complete, continues=self._open_tx)
         return self._seg
 
     def accept(self, item: SinkItem) -> None:
@@ -101,6 +105,7 @@ class ArchiveSink:
                 seg.builder.add(SchemaRecord(schema))
                 seg.schema_change = True
             seg.builder.add(TxBeginRecord(item.position, item.txid, item.commit_ts))
+            self._open_tx = item
         elif isinstance(item, TxEnd):
             seg.builder.add(TxEndRecord(item.position, sum(item.event_counts.values())))
             seg.last_end = item
@@ -108,6 +113,7 @@ class ArchiveSink:
             if seg.first_commit is None:
                 seg.first_commit = format_ts(item.commit_ts)
             self._last_complete = item.position
+            self._open_tx = None
         if seg.builder.raw_bytes >= self.max_bytes:
             self._close_segment()
 
@@ -166,6 +172,7 @@ class ArchiveSink:
             "first_commit_ts": seg.first_commit,
             "last_commit_ts": format_ts(seg.last_end.commit_ts) if seg.last_end else None,
             "tx_ends": seg.tx_ends,
+            "continues": _continues_json(seg.continues),
             "events": seg.events,
             "raw_bytes": seg.builder.raw_bytes,
             "tables": sorted(seg.tables),
@@ -181,6 +188,16 @@ class ArchiveSink:
             self._on_segment(len(blob) + len(index_blob))
         if seg.last_end is not None:
             self._ack(seg.last_end.index)
+
+
+def _continues_json(begin: TxBegin | None) -> dict[str, Any] | None:
+    if begin is None:
+        return None
+    return {
+        "position": position_to_json(begin.position),
+        "txid": begin.txid,
+        "commit_ts": begin.commit_ts.isoformat(),
+    }
 
 
 def _sha256(data: bytes) -> str:
