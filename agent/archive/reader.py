@@ -11,6 +11,7 @@ to a temporary file instead of growing the heap.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -112,14 +113,46 @@ class ArchiveReader:
             raise IntegrityError(f"{key}: content does not match its catalog digest")
         return data
 
-    def transactions(self, segments: list[CatalogEntry]) -> Iterator[ArchivedTx]:
-        """Complete transactions of these segments, in commit order, each once."""
+    def transactions(
+        self, segments: list[CatalogEntry], sparse: bool = False
+    ) -> Iterator[ArchivedTx]:
+        """Complete transactions of these segments, in commit order, each once.
+
+        `segments` is normally a contiguous run of the archive's segments.
+        With `sparse` it may skip segments (an entity restore reads only
+        those its indexes select): a transaction already open when a segment
+        begins is then taken from the catalog's `continues` field, and one
+        still open when the reader jumps ahead is released if the catalog
+        shows it ended in a skipped segment — its events there are of no
+        interest to such a reader — or dropped as cut by a crash.
+        """
         if self.opener is None:
             raise IntegrityError("reading segments needs the private key (archive.key)")
+        following = _following(self.entries()) if sparse else {}
         last: tuple[int, ...] | None = None
         open_tx: ArchivedTx | None = None
         pending_schemas: list[TableSchema] = []
+        prev: CatalogEntry | None = None
+
+        def release(tx: ArchivedTx) -> bool:
+            nonlocal last
+            if last is not None and tx.position.sort_key <= last:
+                tx.events.close()  # delivered again after a restart
+                return False
+            last = tx.position.sort_key
+            return True
+
         for entry in segments:
+            if sparse and (prev is None or _seq(following.get(prev.seq)) != entry.seq):
+                fate = _fate(following, prev, open_tx, entry)
+                if open_tx is not None and fate != "joins":
+                    tx, open_tx = open_tx, None
+                    if fate == "ends" and release(tx):
+                        yield tx
+                    tx.events.close()
+                if open_tx is None:
+                    open_tx = _continued(entry)
+            prev = entry
             key = entry.body["object"]
             data = self.fetch(key, entry.body["digest"])
             for rec in read_segment_records(data, self.opener, self.archive_id, key):
@@ -138,19 +171,72 @@ class ArchiveReader:
                     )
                     pending_schemas = []
                 elif isinstance(rec, TxEndRecord):
-                    tx, open_tx = open_tx, None
-                    if tx is None:
+                    ended, open_tx = open_tx, None
+                    if ended is None:
                         continue
-                    if last is not None and tx.position.sort_key <= last:
-                        tx.events.close()  # delivered again after a restart
-                        continue
-                    last = tx.position.sort_key
-                    yield tx
-                    tx.events.close()
+                    if release(ended):
+                        yield ended
+                    ended.events.close()
                 elif isinstance(rec, SchemaRecord):
                     pending_schemas.append(rec.table)
         if open_tx is not None:
+            if sparse and _fate(following, prev, open_tx, None) == "ends" and release(open_tx):
+                yield open_tx
             open_tx.events.close()
+
+
+def _following(entries: list[CatalogEntry]) -> dict[int, CatalogEntry]:
+    """Each segment entry's successor among the archive's segments, by seq."""
+    order = segment_entries(entries)
+    return {a.seq: b for a, b in itertools.pairwise(order)}
+
+
+def _seq(entry: CatalogEntry | None) -> int | None:
+    return None if entry is None else entry.seq
+
+
+def _continues(entry: CatalogEntry, tx: ArchivedTx) -> bool:
+    c = entry.body.get("continues")
+    return (
+        isinstance(c, dict)
+        and c.get("txid") == tx.txid
+        and position_from_json(c["position"]).sort_key == tx.position.sort_key
+    )
+
+
+def _fate(
+    following: dict[int, CatalogEntry],
+    prev: CatalogEntry | None,
+    tx: ArchivedTx | None,
+    upcoming: CatalogEntry | None,
+) -> str:
+    """What became of `tx`, open at the end of `prev`, as far as the catalog says.
+
+    "joins": `upcoming` still continues it (keep collecting); "ends": a skipped
+    segment that continues it holds its end; "cut": the chain of continuing
+    segments stops without an end (a crash; the redelivered copy follows), or
+    the archive predates the `continues` field.
+    """
+    if tx is None or prev is None:
+        return "cut"
+    e = following.get(prev.seq)
+    while e is not None and _continues(e, tx):
+        if upcoming is not None and e.seq == upcoming.seq:
+            return "joins"
+        if int(e.body.get("tx_ends", 0)) >= 1:
+            return "ends"
+        e = following.get(e.seq)
+    return "cut"
+
+
+def _continued(entry: CatalogEntry) -> ArchivedTx | None:
+    """The transaction a segment begins inside of, from its catalog entry."""
+    c = entry.body.get("continues")
+    if not isinstance(c, dict):
+        return None
+    return ArchivedTx(
+        position_from_json(c["position"]), str(c["txid"]), str(c["commit_ts"]), TxEvents()
+    )
 
 
 def entry_position(entry: CatalogEntry, field_name: str) -> Position | None:

@@ -227,7 +227,13 @@ def run_restore(
         if scope.entity is not None:
             store.keep(".seg")  # the chooser's reads serve the replay too
             segments = _entity_segments(settings, reader, fold_store, shapes, scope, plan)
-        stop = replay(reader, dataclasses.replace(plan, segments=segments), target, fold)
+        stop = replay(
+            reader,
+            dataclasses.replace(plan, segments=segments),
+            target,
+            fold,
+            sparse=scope.entity is not None,
+        )
         # Everything the restore needs is now read, verified and folded: only now
         # is the target touched.
         in_scope = [s for name, s in shapes.by_name.items() if wanted is None or name in wanted]

@@ -277,13 +277,19 @@ def _value_of(row: dict[str, Any], names: tuple[str, ...]) -> Any:
     return None if value is _MISSING else value
 
 
-def replay(reader: ArchiveReader, plan: Plan, target: Target, fold: Fold) -> Stop:
-    """Apply every transaction after the snapshot that the target admits, in commit order."""
+def replay(
+    reader: ArchiveReader, plan: Plan, target: Target, fold: Fold, sparse: bool = False
+) -> Stop:
+    """Apply every transaction after the snapshot that the target admits, in commit order.
+
+    `sparse`: the plan's segments skip some (an entity restore), see
+    ArchiveReader.transactions.
+    """
     snap = plan.snapshot
     stop = Stop(snap.position, snap.started, None)
     start = snap.position.sort_key
     since_commit = 0
-    for tx in reader.transactions(plan.segments):
+    for tx in reader.transactions(plan.segments, sparse=sparse):
         if tx.position.sort_key <= start:
             continue  # inside the snapshot (read again from the segment before the first)
         if not target.admits(tx.position, datetime.fromisoformat(tx.commit_ts)):

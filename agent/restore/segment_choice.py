@@ -14,7 +14,10 @@ Always read, whatever the index says:
   the entry names `link_columns`;
 - segments holding the root table when the root column is not its key;
 - the last segment of the plan (so the report's stop position is exact);
-- neighbours of a selected segment that a transaction crosses into.
+- neighbours of a selected segment that a transaction crosses into, unless
+  the catalog records which transaction each segment continues (`continues`):
+  the reader then takes a transaction's identity and completeness from the
+  catalog instead.
 """
 
 from __future__ import annotations
@@ -142,10 +145,13 @@ class SegmentChooser:
                 read.add(i)
                 starts_inside, ends_inside = self._observe(segs[i])
                 for j, crossing in ((i - 1, starts_inside), (i + 1, ends_inside)):
-                    if crossing and 0 <= j < len(segs) and j not in selected:
-                        selected.add(j)
-                        pending.append(j)
-                        reasons["transaction crosses"] = reasons.get("transaction crosses", 0) + 1
+                    if not crossing or not 0 <= j < len(segs) or j in selected:
+                        continue
+                    if "continues" in segs[max(i, j)].body:
+                        continue  # the later one names what crosses: no need to read it
+                    selected.add(j)
+                    pending.append(j)
+                    reasons["transaction crosses"] = reasons.get("transaction crosses", 0) + 1
             self.candidates.propagate()
             wanted = self.candidates.new_hashes(self.hasher)
         choice.segments = [segs[i] for i in sorted(selected)]
