@@ -26,7 +26,7 @@ import zstandard
 
 from agent.archive.records import Record, encode_record, read_records
 from agent.crypto.datakeys import DataKey, DataKeyOpener
-from agent.crypto.stream import open_chunks, seal_chunks
+from agent.crypto.stream import DEFAULT_CHUNK_SIZE, open_chunks, seal_chunks
 from agent.errors import DecodeError, IntegrityError
 
 MAGIC = b"CVSEG"
@@ -47,9 +47,18 @@ def stream_aad(archive_id: str, key: str, header: bytes) -> bytes:
 
 
 def seal_object(
-    data_key: DataKey, archive_id: str, key: str, meta: dict[str, Any], plaintext: Iterable[bytes]
+    data_key: DataKey,
+    archive_id: str,
+    key: str,
+    meta: dict[str, Any],
+    plaintext: Iterable[bytes],
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> bytes:
-    """A whole sealed object in memory (segments are bounded by segment_max_bytes)."""
+    """A whole sealed object in memory (segments are bounded by segment_max_bytes).
+
+    Small chunks (index objects) let a reader fetch and open one chunk by a
+    range read; the stream format is the same whatever the size.
+    """
     meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
     header = (
         MAGIC
@@ -60,7 +69,8 @@ def seal_object(
         + meta_bytes
     )
     out = bytearray(header)
-    for piece in seal_chunks(data_key.secret, stream_aad(archive_id, key, header), plaintext):
+    aad = stream_aad(archive_id, key, header)
+    for piece in seal_chunks(data_key.secret, aad, plaintext, chunk_size=chunk_size):
         out += piece
     return bytes(out)
 

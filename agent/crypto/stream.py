@@ -196,3 +196,50 @@ def open_chunks(
         if last:
             return
         index += 1
+
+
+def frame_bytes(chunk_size: int) -> int:
+    """Stored size of a full (non-final) chunk: length prefix, ciphertext, tag."""
+    return _LEN.size + chunk_size + TAG_BYTES
+
+
+def stream_chunk_size(header: bytes) -> int:
+    """The chunk size a stream header declares (IntegrityError if malformed)."""
+    if len(header) != HEADER_BYTES:
+        raise IntegrityError(f"archive segment: expected a {HEADER_BYTES}-byte header")
+    magic, version, chunk_size, _salt, _prefix = _HEADER.unpack(header)
+    if magic != STREAM_MAGIC or version != STREAM_VERSION:
+        raise IntegrityError("archive segment: expected a CVST version 1 stream header")
+    if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        raise IntegrityError(f"archive segment: chunk size {chunk_size} out of range")
+    return int(chunk_size)
+
+
+def open_chunk_at(
+    data_key: bytes, aad: bytes, header: bytes, index: int, last: bool, frame: bytes
+) -> bytes:
+    """Plaintext of one chunk read at its offset (random access, e.g. a range read).
+
+    The caller derives `index` and `last` from the object's size, which the
+    signed catalog records; the nonce binds both, so a chunk moved, or a
+    stream cut to end before `index`, fails the tag like in open_chunks.
+    """
+    chunk_size = stream_chunk_size(header)
+    _magic, _version, _cs, salt, prefix = _HEADER.unpack(header)
+    if len(frame) < _LEN.size:
+        raise IntegrityError(f"archive segment: chunk {index} truncated")
+    (n,) = _LEN.unpack_from(frame)
+    body = frame[_LEN.size :]
+    if len(body) != n or not TAG_BYTES <= n <= chunk_size + TAG_BYTES:
+        raise IntegrityError(f"archive segment: chunk {index} has a bad length")
+    if not last and n != chunk_size + TAG_BYTES:
+        raise IntegrityError(f"archive segment: short chunk {index} before the end")
+    try:
+        return _segment_cipher(data_key, salt).decrypt(
+            _nonce(prefix, index, last), body, header + aad
+        )
+    except InvalidTag:
+        raise IntegrityError(
+            f"archive segment: chunk {index} does not verify "
+            "(altered, reordered, truncated or wrong key)"
+        ) from None
