@@ -30,6 +30,9 @@ from connectors.base import EncodedEvent, SinkItem, TxBegin, TxEnd
 log = logging.getLogger(__name__)
 
 INDEX_HASH_BYTES = 8  # truncated keyed hashes: false positives only cost a read
+# Index objects are sealed in small chunks so an entity restore can range-read
+# the few chunks where a hash would sit instead of the whole index.
+INDEX_CHUNK_BYTES = 1024
 
 
 @dataclass
@@ -42,6 +45,7 @@ class _Open:
     continues: TxBegin | None = None
     first_position: Position | None = None
     last_end: TxEnd | None = None
+    last_txid: str | None = None
     first_commit: str | None = None
     tx_ends: int = 0
     events: int = 0
@@ -113,6 +117,7 @@ class ArchiveSink:
             if seg.first_commit is None:
                 seg.first_commit = format_ts(item.commit_ts)
             self._last_complete = item.position
+            seg.last_txid = self._open_tx.txid if self._open_tx is not None else None
             self._open_tx = None
         if seg.builder.raw_bytes >= self.max_bytes:
             self._close_segment()
@@ -155,7 +160,12 @@ class ArchiveSink:
         blob = seal_object(data_key, archive_id, key, {"kind": "segment"}, [seg.builder.finish()])
         index_key = key[: -len(".seg")] + ".idx"
         index_blob = seal_object(
-            data_key, archive_id, index_key, {"kind": "index"}, [b"".join(sorted(seg.index))]
+            data_key,
+            archive_id,
+            index_key,
+            {"kind": "index"},
+            [b"".join(sorted(seg.index))],
+            chunk_size=INDEX_CHUNK_BYTES,
         )
         self.writer.store.create(key, blob)
         self.writer.store.create(index_key, index_blob)
@@ -171,6 +181,7 @@ class ArchiveSink:
             "last_position": position_to_json(seg.last_end.position) if seg.last_end else None,
             "first_commit_ts": seg.first_commit,
             "last_commit_ts": format_ts(seg.last_end.commit_ts) if seg.last_end else None,
+            "last_txid": seg.last_txid,
             "tx_ends": seg.tx_ends,
             "continues": _continues_json(seg.continues),
             "events": seg.events,
