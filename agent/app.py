@@ -290,6 +290,7 @@ class App:
                 self._save_checkpoint,
                 self._pipeline_stop,
                 observer=_MetricsObserver(self.metrics, [s.name for s in sinks], self._sinks_up),
+                hasher=self.hasher,
             )
             self.pipeline = pipeline
             self.notifier.status(self._status_line())

@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Protocol
 
 from agent.checkpoint import AckTracker, Durable
+from agent.crypto.keyhash import KeyHasher
 from agent.envelope import EnvelopeEncoder, format_ts
 from agent.errors import ChangevaultError, ServiceError
 from agent.events import Heartbeat, Transaction
@@ -128,10 +129,14 @@ class Pipeline:
         observer: PipelineObserver | None = None,
         options: PipelineOptions | None = None,
         first_index: int = 1,
+        hasher: KeyHasher | None = None,
     ) -> None:
         self.source = source
         self.sinks = list(sinks)
         self.encoder = encoder
+        # The row key (HMAC) is computed here once per event for every sink
+        # that needs it (Kafka message key, archive index), not once per sink.
+        self.hasher = hasher
         self.tracker = AckTracker(s.name for s in self.sinks)
         self._confirm = confirm
         self._stop = stop
@@ -193,13 +198,17 @@ class Pipeline:
         # list appended to directly, counts keyed by the objects at hand (the
         # "schema.table" names are built once per transaction below).
         encode = self.encoder.encode
+        row_key = None if self.hasher is None else self.hasher.row_key
         position, txid = tx.position, tx.txid
         batch_items = self.options.batch_items
         raw_counts: dict[tuple[str, str, str], int] = {}
         for ev in tx.events:
             eid, envelope = encode(ev, position, txid, commit_ts)
+            key = None
+            if row_key is not None and ev.op != "t":
+                key = row_key(ev.schema, ev.table, ev.key or {})
             batch = self._batch
-            batch.append(EncodedEvent(idx, eid, ev, envelope))
+            batch.append(EncodedEvent(idx, eid, ev, envelope, key))
             if len(batch) >= batch_items:
                 self._send_batch(workers)
             k = (ev.schema, ev.table, ev.op)

@@ -107,6 +107,10 @@ class EncodedEvent:
     id: str
     event: ChangeEvent
     envelope: bytes  # the CONTRACT.md JSON envelope, UTF-8, not yet sealed
+    # KeyHasher.row_key(schema, table, key or {}) of a row change, computed once
+    # for every sink (Kafka message key, archive index); None for a truncate,
+    # or when the producer of the item left it to the sinks.
+    row_key: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import zstandard
 
-from agent.archive.records import Record, encode_record, read_records
+from agent.archive.records import KIND_EVENT, Record, encode_record, read_records
 from agent.crypto.datakeys import DataKey, DataKeyOpener
 from agent.crypto.stream import DEFAULT_CHUNK_SIZE, open_chunks, seal_chunks
 from agent.errors import DecodeError, IntegrityError
@@ -33,6 +33,9 @@ MAGIC = b"CVSEG"
 VERSION = 1
 _LEN = struct.Struct(">I")
 _MAX_HEADER_PART = 1024 * 1024
+# An event record's head: kind u8 | u32 body length (records.py's layout).
+_EVENT_HEAD = struct.Struct(">BI").pack
+_EVENT_HEAD_SIZE = struct.calcsize(">BI")
 
 
 def stream_aad(archive_id: str, key: str, header: bytes) -> bytes:
@@ -157,24 +160,53 @@ def read_segment_records(
 
 
 class SegmentBuilder:
-    """Accumulates records for one segment, compressed, in bounded memory."""
+    """Accumulates records for one segment, compressed, in bounded memory.
 
-    # Level 1: on envelope JSON fed record by record it compresses as well as
-    # level 3 (measured: slightly smaller) at about a third of the CPU, and the
-    # archive sink's thread competes with capture for the GIL.
+    Records are gathered into a small plaintext buffer and handed to zstd a
+    chunk at a time (one C call per ~64 KiB instead of one per record); the
+    output is the same single zstd frame of the records in order.
+    """
+
+    # Plaintext gathered before one compress() call: bounds the extra memory.
+    CHUNK_BYTES = 64 * 1024
+
+    # Level 1: on envelope JSON it compresses as well as level 3 (measured:
+    # slightly smaller) at about a third of the CPU, and the archive sink's
+    # thread competes with capture for the GIL.
     def __init__(self, level: int = 1) -> None:
         self._cctx = zstandard.ZstdCompressor(level=level)
         self._comp = self._cctx.compressobj()
         self._out = bytearray()
+        self._pending = bytearray()
         self.raw_bytes = 0
         self.records = 0
 
     def add(self, rec: Record) -> None:
-        data = encode_record(rec)
+        self._append(encode_record(rec))
+
+    def add_event(self, envelope: bytes) -> None:
+        """`add(EventRecord(envelope))` without the record object (the hot path)."""
+        pending = self._pending
+        pending += _EVENT_HEAD(KIND_EVENT, len(envelope))
+        pending += envelope
+        self.raw_bytes += _EVENT_HEAD_SIZE + len(envelope)
+        self.records += 1
+        if len(pending) >= self.CHUNK_BYTES:
+            self._compress_pending()
+
+    def _append(self, data: bytes) -> None:
+        self._pending += data
         self.raw_bytes += len(data)
         self.records += 1
-        self._out += self._comp.compress(data)
+        if len(self._pending) >= self.CHUNK_BYTES:
+            self._compress_pending()
+
+    def _compress_pending(self) -> None:
+        self._out += self._comp.compress(self._pending)
+        self._pending = bytearray()
 
     def finish(self) -> bytes:
+        if self._pending:
+            self._compress_pending()
         self._out += self._comp.flush()
         return bytes(self._out)

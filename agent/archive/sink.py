@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.archive import catalog
-from agent.archive.records import EventRecord, SchemaRecord, TxBeginRecord, TxEndRecord
+from agent.archive.records import SchemaRecord, TxBeginRecord, TxEndRecord
 from agent.archive.segment import SegmentBuilder, seal_object
 from agent.archive.writer import ArchiveWriter
 from agent.checkpoint import position_to_json
@@ -99,7 +99,7 @@ class ArchiveSink:
     def accept(self, item: SinkItem) -> None:
         seg = self._segment()
         if isinstance(item, EncodedEvent):
-            seg.builder.add(EventRecord(item.envelope))
+            seg.builder.add_event(item.envelope)
             seg.events += 1
             self._index(seg, item)
         elif isinstance(item, TxBegin):
@@ -130,7 +130,10 @@ class ArchiveSink:
             seg.truncate = True
             return
         if ev.key:
-            seg.index.add(self.hasher.row_key(ev.schema, ev.table, ev.key)[:INDEX_HASH_BYTES])
+            key = item.row_key  # the pipeline's, shared with the Kafka sink
+            if key is None:
+                key = self.hasher.row_key(ev.schema, ev.table, ev.key)
+            seg.index.add(key[:INDEX_HASH_BYTES])
         for column in self.link_columns.get(table, ()):
             for row in (ev.before, ev.after):
                 if row is not None and row.get(column) is not None:

@@ -18,22 +18,26 @@ So 1 and "1" differ, True and 1 differ, and Decimal("1.0") equals Decimal("1.00"
 
 from __future__ import annotations
 
-import hmac
 import struct
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from hashlib import sha256
-from typing import Any
+from typing import Any, Final
 
 from agent.crypto.keyfiles import KeyhashKey
 
 _DOMAIN = b"changevault-keyhash-v1\x00"
+_U32: Final = struct.Struct(">I").pack
+# Row-key layouts cached per (schema, table, key column names in the dict's
+# order); a few hundred tables with a key shape or two each fit easily.
+_MAX_PLANS: Final = 4096
+_SHA256_BLOCK: Final = 64
 
 
 def _item(tag: bytes, data: bytes) -> bytes:
-    return tag + struct.pack(">I", len(data)) + data
+    return tag + _U32(len(data)) + data
 
 
 def _decimal_text(value: Decimal) -> str:
@@ -73,6 +77,32 @@ def encode_value(value: Any) -> bytes:
     raise TypeError(f"keyhash: cannot encode a primary-key value of type {type(value).__name__}")
 
 
+def _encode_int_or_value(value: Any) -> bytes:
+    """encode_value, with the common key type (a plain int) first."""
+    if type(value) is int:
+        text = b"%d" % value
+        return b"I" + _U32(len(text)) + text
+    return encode_value(value)
+
+
+def _row_key_plan(
+    schema: str, table: str, names: tuple[str, ...]
+) -> tuple[bytes, tuple[tuple[str, bytes], ...]]:
+    """encode_row_key's constant parts for one key shape: everything up to the first
+    column, and per column (sorted by UTF-8 name) its name item."""
+    ordered = sorted(names, key=lambda n: n.encode("utf-8"))
+    head = b"".join(
+        [
+            _DOMAIN,
+            _item(b"K", b"row"),
+            _item(b"S", schema.encode("utf-8")),
+            _item(b"S", table.encode("utf-8")),
+            _U32(len(ordered)),
+        ]
+    )
+    return head, tuple((n, _item(b"S", n.encode("utf-8"))) for n in ordered)
+
+
 def encode_row_key(schema: str, table: str, primary_key: Mapping[str, Any]) -> bytes:
     """The canonical bytes of (schema, table, primary key) that `KeyHasher` MACs."""
     columns = sorted(primary_key.items(), key=lambda kv: kv[0].encode("utf-8"))
@@ -92,14 +122,49 @@ class KeyHasher:
     """HMAC-SHA256 under keyhash.key; 32-byte outputs reveal nothing about the key."""
 
     def __init__(self, key: KeyhashKey) -> None:
-        self._key = key.secret
+        # HMAC (RFC 2104) with the key's inner and outer pad states hashed once:
+        # per MAC only the message and the inner digest are hashed (this runs
+        # once per captured change; hmac.new/hmac.digest redo the pads each time).
+        secret = key.secret
+        if len(secret) > _SHA256_BLOCK:
+            secret = sha256(secret).digest()
+        secret = secret.ljust(_SHA256_BLOCK, b"\x00")
+        self._inner = sha256(bytes(b ^ 0x36 for b in secret))
+        self._outer = sha256(bytes(b ^ 0x5C for b in secret))
+        self._plans: dict[
+            tuple[str, str, tuple[str, ...]], tuple[bytes, tuple[tuple[str, bytes], ...]]
+        ] = {}
 
     def _mac(self, data: bytes) -> bytes:
-        return hmac.new(self._key, data, sha256).digest()
+        """HMAC-SHA256(keyhash.key, data)."""
+        inner = self._inner.copy()
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def row_key(self, schema: str, table: str, primary_key: Mapping[str, Any]) -> bytes:
-        """The Kafka message key / index entry of one row."""
-        return self._mac(encode_row_key(schema, table, primary_key))
+        """The Kafka message key / index entry of one row: the MAC of exactly
+        `encode_row_key(schema, table, primary_key)`, built from cached parts
+        (this runs once per captured change)."""
+        names = tuple(primary_key)
+        plan = self._plans.get((schema, table, names))
+        if plan is None:
+            plan = _row_key_plan(schema, table, names)
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            self._plans[(schema, table, names)] = plan
+        head, columns = plan
+        if len(columns) == 1:
+            name, name_item = columns[0]
+            data = head + name_item + _encode_int_or_value(primary_key[name])
+        else:
+            parts = [head]
+            for name, name_item in columns:
+                parts.append(name_item)
+                parts.append(_encode_int_or_value(primary_key[name]))
+            data = b"".join(parts)
+        return self._mac(data)
 
     def column_value(self, schema: str, table: str, column: str, value: Any) -> bytes:
         """An index entry for an entity value (e.g. customers.id = 42)."""

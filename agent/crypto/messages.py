@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from agent.crypto.datakeys import DataKeyManager, DataKeyOpener
+from agent.crypto.datakeys import DataKey, DataKeyManager, DataKeyOpener
 from agent.crypto.keyfiles import RecipientPrivateKey, VerifyKey
 from agent.errors import IntegrityError
 
@@ -36,19 +36,22 @@ NONCE_BYTES = 12
 TAG_BYTES = 16
 MAX_ANNOUNCEMENT_BYTES = 64 * 1024
 _MESSAGE_KEY_INFO = b"changevault message key v1"
+_U32 = struct.Struct(">I").pack
+# 4 zero bytes || u64 counter
+_NONCE = struct.Struct(">IQ").pack
+# Topics whose AAD prefix a sealer keeps (one per captured table, plus one).
+_MAX_CACHED_TOPICS = 4096
+
+
+def _aad_topic_part(topic: str) -> bytes:
+    """version u8 || u16 len || topic: the AAD's part fixed by the topic."""
+    t = topic.encode("utf-8")
+    return bytes([FORMAT_VERSION]) + struct.pack(">H", len(t)) + t
 
 
 def kafka_aad(topic: str, key: bytes, key_id: str) -> bytes:
     """The associated data binding a sealed value to its topic, key and data key."""
-    t = topic.encode("utf-8")
-    return (
-        bytes([FORMAT_VERSION])
-        + struct.pack(">H", len(t))
-        + t
-        + struct.pack(">I", len(key))
-        + key
-        + bytes.fromhex(key_id)
-    )
+    return _aad_topic_part(topic) + _U32(len(key)) + key + bytes.fromhex(key_id)
 
 
 def message_key(data_key: bytes) -> AESGCM:
@@ -59,35 +62,52 @@ def message_key(data_key: bytes) -> AESGCM:
 
 
 def _nonce(counter: int) -> bytes:
-    return b"\x00\x00\x00\x00" + struct.pack(">Q", counter)
+    return _NONCE(0, counter)
+
+
+class _KeyParts:
+    """What one data key contributes to every value sealed under it."""
+
+    __slots__ = ("aead", "head", "key_id", "raw_id")
+
+    def __init__(self, data_key: DataKey) -> None:
+        self.key_id = data_key.key_id
+        self.aead = message_key(data_key.secret)
+        self.raw_id = bytes.fromhex(data_key.key_id)
+        announcement = data_key.announcement
+        # version u8 | u32 len | announcement: the sealed value up to its nonce
+        self.head = bytes([FORMAT_VERSION]) + _U32(len(announcement)) + announcement
 
 
 class MessageSealer:
-    """Seals one Kafka value at a time under the manager's current data key."""
+    """Seals one Kafka value at a time under the manager's current data key.
+
+    Per value only the counter, the key's part of the AAD and the encryption
+    vary; the rest (cipher, announcement head, the topic's AAD prefix) is
+    built once per data key or topic.
+    """
 
     def __init__(self, data_keys: DataKeyManager) -> None:
         self._data_keys = data_keys
-        # (key id, cipher) replaced as one object so concurrent callers never
-        # pair one key's counter with another key's cipher.
-        self._cipher: tuple[str, AESGCM] | None = None
+        # Replaced as one object so concurrent callers never pair one key's
+        # counter with another key's cipher.
+        self._parts: _KeyParts | None = None
+        self._topic_parts: dict[str, bytes] = {}
 
     def seal(self, plaintext: bytes, topic: str, key: bytes) -> bytes:
         data_key, counter = self._data_keys.next_message()
-        cached = self._cipher
-        if cached is None or cached[0] != data_key.key_id:
-            cached = (data_key.key_id, message_key(data_key.secret))
-            self._cipher = cached
-        aead = cached[1]
-        nonce = _nonce(counter)
-        sealed = aead.encrypt(nonce, plaintext, kafka_aad(topic, key, data_key.key_id))
-        announcement = data_key.announcement
-        return (
-            bytes([FORMAT_VERSION])
-            + struct.pack(">I", len(announcement))
-            + announcement
-            + nonce
-            + sealed
-        )
+        parts = self._parts
+        if parts is None or parts.key_id != data_key.key_id:
+            parts = _KeyParts(data_key)
+            self._parts = parts
+        topic_part = self._topic_parts.get(topic)
+        if topic_part is None:
+            if len(self._topic_parts) >= _MAX_CACHED_TOPICS:
+                self._topic_parts.clear()
+            topic_part = self._topic_parts[topic] = _aad_topic_part(topic)
+        nonce = _NONCE(0, counter)
+        aad = b"".join((topic_part, _U32(len(key)), key, parts.raw_id))
+        return b"".join((parts.head, nonce, parts.aead.encrypt(nonce, plaintext, aad)))
 
 
 def peek_data_key_id(sealed: bytes) -> str:

@@ -228,12 +228,13 @@ class KafkaSink:
         ts = self._tx_ts_ms
         op = ev.op
         if op == "t":
-            key = self.hasher.reserved(ev.schema, ev.table, TRUNCATE_KEY_NAME)
+            reserved = self.hasher.reserved(ev.schema, ev.table, TRUNCATE_KEY_NAME)
             assert self._producer is not None
             for partition in sorted(self._producer.partitions_for(topic)):
-                self._send(topic, key, item.envelope, ts, partition)
+                self._send(topic, reserved, item.envelope, ts, partition)
             return
-        key = self.hasher.row_key(ev.schema, ev.table, ev.key or {})
+        # The pipeline computed it once for every sink (None: compute it here).
+        key = item.row_key or self.hasher.row_key(ev.schema, ev.table, ev.key or {})
         if op == "u":
             old_key_values = _old_key(ev.before, ev.key)
             if old_key_values is not None:

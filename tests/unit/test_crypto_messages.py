@@ -26,6 +26,7 @@ from agent.crypto.messages import (
     MessageOpener,
     MessageSealer,
     kafka_aad,
+    message_key,
     peek_data_key_id,
 )
 from agent.errors import IntegrityError
@@ -93,6 +94,25 @@ def test_kafka_aad_is_unambiguous() -> None:
     assert kafka_aad("ab", b"c", kid) != kafka_aad("a", b"bc", kid)
     assert kafka_aad("t", b"k", kid).startswith(bytes([FORMAT_VERSION]))
     assert kafka_aad("t", b"k", kid).endswith(bytes(16))
+
+
+def test_sealed_layout_is_the_documented_one_for_every_topic_and_key() -> None:
+    """The sealer's cached parts (announcement head, topic prefix) give exactly
+    version | u32 len | announcement | nonce | AES-GCM(kafka_aad(...)), for
+    several topics and keys and across a key rotation."""
+    w = World()
+    for rotate in (False, True):
+        if rotate:
+            w.keys.rotate()
+        for topic, key in [(TOPIC, KEY), ("t", b""), ("é" * 300, bytes(7)), (TOPIC, bytes(32))]:
+            sealed = w.sealer.seal(b"plaintext", topic, key)
+            announcement, nonce, body = split(sealed)
+            current = w.keys.current()
+            assert announcement == current.announcement
+            assert sealed[:5] == bytes([FORMAT_VERSION]) + struct.pack(">I", len(announcement))
+            assert nonce[:4] == bytes(4)
+            aead = message_key(current.secret)
+            assert aead.decrypt(nonce, body, kafka_aad(topic, key, current.key_id)) == b"plaintext"
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import uuid
@@ -131,6 +132,39 @@ def test_equal_database_values_hash_equal(x: object, y: object) -> None:
     assert h.row_key("s", "t", {"k": x}) == h.row_key("s", "t", {"k": y})
 
 
+class _Level(enum.IntEnum):
+    HIGH = 7
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        {},
+        {"id": 42},
+        {"id": -(2**70)},
+        {"id": True},
+        {"id": _Level.HIGH},
+        {"id": "x"},
+        {"id": None},
+        {"id": Decimal("1.50")},
+        {"id": 1.5},
+        {"id": b"\x00\xff"},
+        {"id": uuid.UUID(int=5)},
+        {"id": datetime(2024, 1, 1, 12, tzinfo=UTC)},
+        {"id": date(2024, 1, 1)},
+        {"region": "eu", "id": 42},
+        {"id": 42, "region": "eu"},
+        {"é": 1, "z": 2, "a": 3},  # sorted by UTF-8 bytes: a, z, é
+    ],
+)
+def test_row_key_is_the_mac_of_the_canonical_encoding(key: dict[str, object]) -> None:
+    """The cached-layout fast path MACs exactly encode_row_key's bytes."""
+    h = hasher()
+    want = hmac.new(bytes(range(32)), encode_row_key("public", "orders", key), hashlib.sha256)
+    for _ in range(2):  # the first call builds the layout, the second reuses it
+        assert h.row_key("public", "orders", key) == want.digest()
+
+
 def test_framing_is_unambiguous() -> None:
     h = hasher()
     assert h.row_key("ab", "c", {"k": 1}) != h.row_key("a", "bc", {"k": 1})
@@ -153,3 +187,13 @@ def test_encoding_reveals_structure_only_and_refuses_unknown_types() -> None:
     assert enc.startswith(b"changevault-keyhash-v1\x00")
     with pytest.raises(TypeError, match="object"):
         encode_value(object())
+
+
+@pytest.mark.parametrize("length", [1, 32, 63, 64, 65, 200])
+def test_mac_is_hmac_sha256_for_any_key_length(length: int) -> None:
+    secret = bytes((7 * i + 3) % 256 for i in range(length))
+    h = KeyHasher(KeyhashKey(secret))
+    for data in (b"", b"x", bytes(range(256)) * 3):
+        assert h._mac(data) == hmac.new(secret, data, hashlib.sha256).digest()
+    want = hmac.new(secret, encode_row_key("s", "t", {"id": 1}), hashlib.sha256).digest()
+    assert h.row_key("s", "t", {"id": 1}) == want

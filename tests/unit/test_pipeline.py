@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 import pytest
 
 from agent.checkpoint import Durable
+from agent.crypto.keyfiles import KeyhashKey
+from agent.crypto.keyhash import KeyHasher
 from agent.envelope import EnvelopeEncoder
 from agent.errors import ServiceError
 from agent.events import ChangeEvent, Heartbeat, Position, Transaction
@@ -163,3 +165,26 @@ def test_heartbeats_advance_the_confirmed_position_when_idle() -> None:
     _, saved = run_pipeline(source, [RecordingSink("a")], threading.Event())
     assert source.confirmed[-1] == pos(999)
     assert saved[-1].commit_ts is None
+
+
+def test_row_key_is_computed_once_for_every_sink() -> None:
+    """Given a hasher, each row change carries its keyed row hash (what the Kafka
+    sink sends as message key and the archive indexes); a truncate carries none."""
+    hasher = KeyHasher(KeyhashKey(bytes(range(32))))
+    events = [
+        ChangeEvent("c", "public", "t", 0, {"id": 1}, None, {"id": 1}),
+        ChangeEvent("d", "public", "t", 1, {"id": 2}, {"id": 2}, None),
+        ChangeEvent("t", "public", "t", 2, None, None, None),
+    ]
+    source = ListSource([Transaction(pos(100), "1", TS, iter(events))])
+    sinks = [RecordingSink("a"), RecordingSink("b")]
+    saved: list[Durable] = []
+    Pipeline(source, sinks, EnvelopeEncoder("postgres", "shop"), saved.append,  # type: ignore[arg-type]
+             threading.Event(), options=PipelineOptions(confirm_interval=0), hasher=hasher).run()
+    for sink in sinks:
+        got = [i.row_key for i in sink.items if isinstance(i, EncodedEvent)]
+        assert got == [hasher.row_key("public", "t", {"id": 1}),
+                       hasher.row_key("public", "t", {"id": 2}), None]
+    a = [i for i in sinks[0].items if isinstance(i, EncodedEvent)]
+    b = [i for i in sinks[1].items if isinstance(i, EncodedEvent)]
+    assert all(x is y for x, y in zip(a, b, strict=True))  # one object, shared
