@@ -21,11 +21,11 @@ from typing import Any
 
 from agent.archive.access import data_key_opener, open_store, trusted_keys
 from agent.archive.catalog import CatalogEntry
-from agent.archive.reader import ArchiveReader, segment_entries
+from agent.archive.reader import ArchiveReader, entry_position, segment_entries
 from agent.crypto.keyfiles import SigningKey, load_keyhash_key, load_signing_key
 from agent.crypto.keyhash import KeyHasher
 from agent.errors import IntegrityError, UsageError
-from agent.events import TableSchema
+from agent.events import Position, TableSchema
 from agent.restore.audit import audit_body, write_audit
 from agent.restore.candidates import Candidates
 from agent.restore.checksum import TableChecksum, checksum_of
@@ -224,9 +224,13 @@ def run_restore(
         fold = Fold(fold_store, shapes, wanted)
         fold.load_snapshot(reader, plan)
         segments = plan.segments
+        catalog_end = None
         if scope.entity is not None:
             store.keep(".seg")  # the chooser's reads serve the replay too
-            segments = _entity_segments(settings, reader, fold_store, shapes, scope, plan)
+            catalog_end = _catalog_end(plan, target)
+            segments = _entity_segments(
+                settings, reader, fold_store, shapes, scope, plan, catalog_end is None
+            )
         stop = replay(
             reader,
             dataclasses.replace(plan, segments=segments),
@@ -234,6 +238,10 @@ def run_restore(
             fold,
             sparse=scope.entity is not None,
         )
+        if catalog_end is not None and stop.position.sort_key < catalog_end.position.sort_key:
+            # The plan's last transactions touch nothing in scope: the catalog names them.
+            stop.position, stop.commit_ts = catalog_end.position, catalog_end.commit_ts
+            stop.txid = catalog_end.txid
         # Everything the restore needs is now read, verified and folded: only now
         # is the target touched.
         in_scope = [s for name, s in shapes.by_name.items() if wanted is None or name in wanted]
@@ -282,6 +290,30 @@ def run_restore(
     return report
 
 
+@dataclass(frozen=True)
+class _CatalogEnd:
+    """The last transaction of the plan, as the catalog records it."""
+
+    position: Position
+    commit_ts: str
+    txid: str
+
+
+def _catalog_end(plan: Plan, target: Target) -> _CatalogEnd | None:
+    """Where the replay stops, if the target admits the whole last segment of the plan."""
+    if not plan.segments:
+        return None
+    last = plan.segments[-1].body
+    position = entry_position(plan.segments[-1], "last_position")
+    txid, commit_ts = last.get("last_txid"), last.get("last_commit_ts")
+    if position is None or not isinstance(txid, str) or not isinstance(commit_ts, str):
+        return None
+    when = datetime.fromisoformat(commit_ts)
+    if not target.admits(position, when):
+        return None
+    return _CatalogEnd(position, when.isoformat(), txid)
+
+
 def _entity_segments(
     settings: Settings,
     reader: ArchiveReader,
@@ -289,6 +321,7 @@ def _entity_segments(
     shapes: Shapes,
     scope: _Scope,
     plan: Plan,
+    read_last: bool,
 ) -> list[CatalogEntry]:
     assert scope.entity is not None and scope.links is not None and scope.order is not None
     path = settings.encryption.keyhash_key_file
@@ -303,7 +336,7 @@ def _entity_segments(
         for row in fold_store.rows(fold_store.table_id(name)):
             candidates.observe(name, row)
     candidates.propagate()
-    chooser = SegmentChooser(reader, hasher, candidates, scope.links, scope.order)
+    chooser = SegmentChooser(reader, hasher, candidates, scope.links, scope.order, read_last)
     return chooser.choose(plan.segments).segments
 
 

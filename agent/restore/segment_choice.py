@@ -13,7 +13,9 @@ Always read, whatever the index says:
   only `entity_links` (which every sink version indexes) are trusted unless
   the entry names `link_columns`;
 - segments holding the root table when the root column is not its key;
-- the last segment of the plan (so the report's stop position is exact);
+- the last segment of the plan (so the report's stop position is exact),
+  unless the target admits all of it and its catalog entry names its last
+  transaction (`last_txid`);
 - neighbours of a selected segment that a transaction crosses into, unless
   the catalog records which transaction each segment continues (`continues`):
   the reader then takes a transaction's identity and completeness from the
@@ -28,6 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agent.archive.catalog import CatalogEntry
+from agent.archive.index_lookup import IndexReader, contains
 from agent.archive.reader import ArchiveReader
 from agent.archive.records import EventRecord, TxBeginRecord, TxEndRecord
 from agent.archive.segment import open_object, read_segment_records
@@ -47,20 +50,6 @@ class SegmentChoice:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
-def _contains(index: bytes, h: bytes) -> bool:
-    lo, hi = 0, len(index) // INDEX_HASH_BYTES
-    while lo < hi:
-        mid = (lo + hi) // 2
-        probe = index[mid * INDEX_HASH_BYTES : (mid + 1) * INDEX_HASH_BYTES]
-        if probe < h:
-            lo = mid + 1
-        elif probe > h:
-            hi = mid
-        else:
-            return True
-    return False
-
-
 def _indexed_links(entry: CatalogEntry, links: list[Link]) -> set[Link]:
     recorded = entry.body.get("link_columns")
     if not isinstance(recorded, dict):
@@ -76,13 +65,18 @@ class SegmentChooser:
         candidates: Candidates,
         links: list[Link],
         scope: Iterable[str],
+        read_last: bool = True,
     ) -> None:
         self.reader = reader
+        # False when the catalog alone tells where the replay stops.
+        self.read_last = read_last
         self.hasher = hasher
         self.candidates = candidates
         self.links = [ln for ln in links if ln.child in set(scope)]
         self.scope = set(scope)
-        self._indexes: dict[int, bytes] = {}
+        self._indexes_read: set[int] = set()
+        assert reader.opener is not None
+        self._lookup = IndexReader(reader.store, reader.opener, reader.archive_id)
 
     def _always(self, segs: list[CatalogEntry], root_hash: bytes | None) -> dict[int, str]:
         out: dict[int, str] = {}
@@ -97,24 +91,23 @@ class SegmentChooser:
                 continue
             elif any(ln.child in tables for ln in set(self.links) - _indexed_links(e, self.links)):
                 out[i] = "link columns not indexed"
-        if segs:
+        if segs and self.read_last:
             out.setdefault(len(segs) - 1, "last segment of the plan")
         return out
 
-    def _index(self, e: CatalogEntry) -> bytes:
-        got = self._indexes.get(e.seq)
-        if got is None:
-            key = e.body.get("index_object")
-            if key is None:  # a segment from before indexes existed: read it
-                got = b""
-            else:
-                data = self.reader.fetch(key, e.body["index_digest"])
-                assert self.reader.opener is not None
-                got = b"".join(open_object(data, self.reader.opener, self.reader.archive_id, key))
-                if len(got) % INDEX_HASH_BYTES:
-                    raise IntegrityError(f"{key}: index length is not a multiple of 8")
-            self._indexes[e.seq] = got
-        return got
+    def _holds_any(self, e: CatalogEntry, wanted: set[bytes]) -> bool:
+        """Whether the segment's index holds one of the wanted hashes."""
+        key = e.body["index_object"]
+        self._indexes_read.add(e.seq)
+        size = e.body.get("index_size")
+        assert self.reader.opener is not None
+        if isinstance(size, int):
+            return bool(self._lookup.present(key, size, e.body["index_digest"], wanted))
+        data = self.reader.fetch(key, e.body["index_digest"])
+        index = b"".join(open_object(data, self.reader.opener, self.reader.archive_id, key))
+        if len(index) % INDEX_HASH_BYTES:
+            raise IntegrityError(f"{key}: index length is not a multiple of 8")
+        return any(contains(index, h) for h in wanted)
 
     def choose(self, segs: list[CatalogEntry]) -> SegmentChoice:
         root_hash = self.candidates.root_key_hash(self.hasher)
@@ -126,6 +119,9 @@ class SegmentChooser:
             reasons[why] = reasons.get(why, 0) + 1
         read: set[int] = set()
         wanted: set[bytes] = {root_hash} if root_hash is not None else set()
+        # What the snapshot already showed: the root's key and link values reach
+        # children whose segments hold nothing of the root itself.
+        wanted |= self.candidates.new_hashes(self.hasher)
         choice = SegmentChoice([])
         while True:
             choice.rounds += 1
@@ -133,8 +129,7 @@ class SegmentChooser:
                 for i, e in enumerate(segs):
                     if i in selected or not self.scope & set(e.body.get("tables") or ()):
                         continue
-                    index = self._index(e)
-                    if any(_contains(index, h) for h in wanted):
+                    if self._holds_any(e, wanted):
                         selected.add(i)
                         reasons["index"] = reasons.get("index", 0) + 1
             pending = sorted(selected - read)
@@ -155,7 +150,7 @@ class SegmentChooser:
             self.candidates.propagate()
             wanted = self.candidates.new_hashes(self.hasher)
         choice.segments = [segs[i] for i in sorted(selected)]
-        choice.indexes_read = len(self._indexes)
+        choice.indexes_read = len(self._indexes_read)
         choice.reasons = reasons
         log.info("entity restore reads %d of %d segments (%s)", len(selected), len(segs), reasons)
         return choice

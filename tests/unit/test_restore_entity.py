@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from agent.archive.index_lookup import contains as _contains
 from agent.crypto.keyfiles import KeyhashKey
 from agent.crypto.keyhash import KeyHasher
 from agent.errors import UsageError
@@ -17,7 +18,6 @@ from agent.restore.entity import links_of, parse_entity, parse_value, scope_tabl
 from agent.restore.fold import Fold, FoldStore
 from agent.restore.inplace import diff, parents_first
 from agent.restore.membership import entity_members
-from agent.restore.segment_choice import _contains
 from agent.restore.shapes import Shapes
 from agent.settings import EntityLink
 
