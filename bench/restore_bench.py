@@ -7,6 +7,8 @@ keys are null with a note, and only the peer (`\\copy`) is measured.
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import threading
@@ -14,11 +16,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from psycopg import sql
 
 from bench import workload
 from bench.agent_runs import AgentRun, dir_bytes
 from bench.servers import BenchServers
+from tests.servers.moto import MotoS3
 
 
 @dataclass
@@ -51,11 +55,13 @@ def copy_peer(servers: BenchServers, run: AgentRun, rows: int) -> float:
     return rows / (time.monotonic() - started)
 
 
-def _cli(args: list[str]) -> tuple[float, int, subprocess.CompletedProcess[str]]:
+def _cli(args: list[str], env: dict[str, str] | None = None
+         ) -> tuple[float, int, subprocess.CompletedProcess[str]]:
     """Run the CLI; wall seconds and the most bytes it had read (rchar, /proc)."""
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "agent.cli", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
     peak = [0]
 
     def sample() -> None:
@@ -76,11 +82,43 @@ def _cli(args: list[str]) -> tuple[float, int, subprocess.CompletedProcess[str]]
     return time.monotonic() - started, peak[0], done
 
 
+_READ = re.compile(r"read (\d+) objects, (\d+) bytes of segments, indexes and snapshot parts "
+                   r"\(of (\d+) bytes in the archive\), plus (\d+) bytes of catalog")
+
+
+def archive_bytes_read(report: str) -> tuple[int, int, int] | None:
+    """(objects, data bytes + catalog bytes) the restore fetched, and the archive's
+    data bytes, from the report `changevault restore` prints."""
+    m = _READ.search(report)
+    if m is None:
+        return None
+    objects, data, archive, catalog = map(int, m.groups())
+    return objects, data + catalog, archive
+
+
+def _s3_copy(run: AgentRun, workdir: Path) -> tuple[Path, dict[str, str], MotoS3]:
+    """The run's archive copied object by object into a moto bucket, and a config
+    pointing at it: the same archive served over the S3 API."""
+    moto = MotoS3(log_dir=workdir / "logs", name="moto-bench")
+    moto.start()
+    bucket = moto.create_bucket("bench-archive")
+    client = moto.client()
+    for path in sorted(p for p in run.archive.rglob("*") if p.is_file()):
+        client.put_object(Bucket=bucket, Key="a/" + str(path.relative_to(run.archive)),
+                          Body=path.read_bytes())
+    doc = yaml.safe_load(run.config.read_text())
+    doc["archive"]["url"] = f"s3://{bucket}/a"
+    doc["archive"]["s3_endpoint_url"] = moto.endpoint_url
+    config = run.config.with_name("cv-s3.yaml")
+    config.write_text(yaml.safe_dump(doc))
+    return config, moto.env(), moto
+
+
 def measure_restore(servers: BenchServers, run: AgentRun, rows: int, end_lsn: str,
                     result: RestoreResult) -> None:
     copy_rate = copy_peer(servers, run, rows)
     result.values["copy_rows_per_s"] = copy_rate
-    keys = ("restore_rows_per_s", "restore_ratio", "entity_restore_seconds",
+    keys = ("restore_rows_per_s", "restore_ratio", "entity_restore_seconds", "entity_restore_seconds_s3",
             "entity_bytes_read_fraction")
     if not restore_available():
         for key in keys:
@@ -100,19 +138,46 @@ def measure_restore(servers: BenchServers, run: AgentRun, rows: int, end_lsn: st
         result.values["restore_rows_per_s"] = restore_rate
         result.values["restore_ratio"] = restore_rate / copy_rate
     base_s, base_read, _ = _cli(["--help"])  # process start and imports, subtracted below
-    seconds, read, proc = _cli(["restore", *common, "--target-schema", "bench_entity",
-                                "--entity", f"public.{workload.TABLE}.id=4242"])
+    entity = ["--entity", f"public.{workload.TABLE}.id=4242"]
+    seconds, read, proc = _cli(["restore", *common, "--target-schema", "bench_entity", *entity])
     if proc.returncode != 0:
         for key in keys[2:]:
             result.values[key] = None
             result.notes[key] = f"entity restore failed ({proc.returncode}): " \
                                 f"{proc.stderr.strip()[-300:]}"
         return
+    archive_size = dir_bytes(run.archive)
+    fetched = archive_bytes_read(proc.stdout)
     result.values["entity_restore_seconds"] = max(0.0, seconds - base_s)
-    result.values["entity_bytes_read_fraction"] = max(0, read - base_read) / max(
-        1, dir_bytes(run.archive))
+    rchar = max(0, read - base_read) / max(1, archive_size)
+    if fetched is None:
+        result.values["entity_bytes_read_fraction"] = None
+        result.notes["entity_bytes_read_fraction"] = "restore printed no read counts"
+    else:
+        objects, got, _data = fetched
+        result.values["entity_bytes_read_fraction"] = got / max(1, archive_size)
+        result.notes["entity_bytes_read_fraction"] = (
+            f"archive bytes the restore fetched ({objects} objects: segments, index chunks, "
+            f"snapshot parts and the whole catalog; its report) over the archive's size "
+            f"({archive_size:,} bytes); rchar of the process beyond a bare start, which "
+            f"also counts its Python imports and the target's answers: {rchar:.3f}")
+    seconds_s3, proc = _entity_on_s3(run, common, entity, base_s)
+    result.values["entity_restore_seconds_s3"] = seconds_s3
     result.notes["entity_restore_seconds"] = (
-        "file:// archive only; process start measured with `--help` and subtracted")
-    result.notes["entity_bytes_read_fraction"] = (
-        "bytes the process read (rchar) beyond a bare start, over the archive's size: "
-        "an upper bound (includes reading the target's answers)")
+        "file:// archive; process start measured with `--help` and subtracted")
+    result.notes["entity_restore_seconds_s3"] = (
+        "the same archive copied into a moto S3 bucket on loopback, same entity; "
+        "process start subtracted" if seconds_s3 is not None
+        else f"S3 entity restore failed: {proc.stderr.strip()[-300:]}")
+
+
+def _entity_on_s3(run: AgentRun, common: list[str], entity: list[str], base_s: float
+                  ) -> tuple[float | None, subprocess.CompletedProcess[str]]:
+    config, env, moto = _s3_copy(run, run.state.parent)
+    try:
+        args = ["restore", "-c", str(config), *common[2:], "--target-schema", "bench_entity_s3",
+                *entity]
+        seconds, _read, proc = _cli(args, env)
+    finally:
+        moto.stop()
+    return (max(0.0, seconds - base_s) if proc.returncode == 0 else None), proc

@@ -47,6 +47,7 @@ class Candidates:
         # per link: parent key -> referenced values it had
         self._refs: dict[Link, dict[str, set[str]]] = {ln: defaultdict(set) for ln in self.links}
         self._hashed: set[tuple[str, str]] = set()
+        self._linked = {ln.child for ln in self.links} | {ln.parent for ln in self.links}
 
     def observe(self, table: str, row: dict[str, Any] | None) -> None:
         if row is None or table not in self.scope:
@@ -54,15 +55,19 @@ class Candidates:
         shape = self.shapes.get(table)
         if shape is None:
             return
+        is_root = False
+        if table == self.root.table:
+            value = _get(row, shape.names_of(self.root.column))
+            is_root = value is not _MISSING and self.root.value.matches(value)
+        if not is_root and table not in self._linked:
+            return  # neither the root nor a link end: nothing to learn from this row
         pk = {c: _get(row, shape.names_of(c)) for c in shape.key}
         if any(v is _MISSING for v in pk.values()):
             return
         key = _DUMPS(list(pk.values()))
         self.keys[table].setdefault(key, pk)
-        if table == self.root.table:
-            value = _get(row, shape.names_of(self.root.column))
-            if value is not _MISSING and self.root.value.matches(value):
-                self.found[table].add(key)
+        if is_root:
+            self.found[table].add(key)
         for ln in self.links:
             if ln.child == table:
                 vals = [_get(row, shape.names_of(c)) for c in ln.columns]

@@ -228,9 +228,11 @@ def run_restore(
         if scope.entity is not None:
             store.keep(".seg")  # the chooser's reads serve the replay too
             catalog_end = _catalog_end(plan, target)
-            segments = _entity_segments(
+            segments, candidates = _entity_segments(
                 settings, reader, fold_store, shapes, scope, plan, catalog_end is None
             )
+            # Only rows that may be members are folded from here on.
+            fold.only_keys = {t: set(keys) for t, keys in candidates.found.items()}
         stop = replay(
             reader,
             dataclasses.replace(plan, segments=segments),
@@ -322,7 +324,7 @@ def _entity_segments(
     scope: _Scope,
     plan: Plan,
     read_last: bool,
-) -> list[CatalogEntry]:
+) -> tuple[list[CatalogEntry], Candidates]:
     assert scope.entity is not None and scope.links is not None and scope.order is not None
     path = settings.encryption.keyhash_key_file
     if path is None:
@@ -337,7 +339,7 @@ def _entity_segments(
             candidates.observe(name, row)
     candidates.propagate()
     chooser = SegmentChooser(reader, hasher, candidates, scope.links, scope.order, read_last)
-    return chooser.choose(plan.segments).segments
+    return chooser.choose(plan.segments).segments, candidates
 
 
 RowsOf = Callable[[TableShape], Iterator[list[object]]]

@@ -199,6 +199,9 @@ class Fold:
         self.shapes = shapes
         self.wanted = wanted
         self.stats = FoldStats()
+        # Entity restore: table -> the primary keys (key_json) that may be
+        # members; other rows' changes cannot matter and are not folded.
+        self.only_keys: dict[str, set[str]] | None = None
 
     def in_scope(self, name: str) -> bool:
         return self.wanted is None or name in self.wanted
@@ -251,17 +254,23 @@ class Fold:
             self.store.truncate(tid)
             return
         key = shape.key
+        only = None if self.only_keys is None else self.only_keys.get(name, set())
         if op == "d":
             old = doc["key"] or doc["before"] or {}
-            self.store.delete(tid, key_json([old.get(c) for c in key]))
+            old_key = key_json([old.get(c) for c in key])
+            if only is None or old_key in only:
+                self.store.delete(tid, old_key)
             return
         after: dict[str, Any] = doc["after"]
         new_key = key_json([after.get(c) for c in key])
+        old_key = new_key
         if op == "u":
             before = doc["before"] or {}
-            old_key = (
-                key_json([before.get(c) for c in key]) if all(c in before for c in key) else new_key
-            )
+            if all(c in before for c in key):
+                old_key = key_json([before.get(c) for c in key])
+        if only is not None and old_key not in only and new_key not in only:
+            return
+        if op == "u":
             unchanged = doc.get("unchanged") or ()
             if unchanged:
                 prev = self.store.get(tid, old_key) or {}
