@@ -157,6 +157,8 @@ class App:
             settings.archive.segment_max_bytes,
             self.metrics,
             self._snapshot_progress,
+            self.hasher,
+            settings.entity_links,
         )
         self.scheduler: SnapshotScheduler | None = None
         self.retention_requests: RetentionRequests | None = None

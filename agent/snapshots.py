@@ -17,15 +17,18 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from agent.archive.catalog import CatalogEntry
+from agent.archive.derived import link_columns
 from agent.archive.reader import complete_snapshots
 from agent.archive.retention import oldest_restorable
 from agent.archive.snapshot import SnapshotWriter
 from agent.archive.writer import ArchiveWriter
 from agent.crypto.datakeys import DataKeyManager
+from agent.crypto.keyhash import KeyHasher
 from agent.envelope import EnvelopeEncoder
 from agent.events import TableSchema
 from agent.metrics import Metrics
 from agent.scheduler import SnapshotOutcome
+from agent.settings import EntityLink
 from connectors.base import SnapshotReader
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,13 @@ class Snapshots:
         segment_max_bytes: int,
         metrics: Metrics,
         on_progress: Callable[[str], bool],
+        hasher: KeyHasher | None = None,
+        entity_links: Sequence[EntityLink] = (),
     ) -> None:
         self.writer = writer
+        # Snapshot parts are indexed like segments (None: not indexed).
+        self.hasher = hasher
+        self.entity_links = list(entity_links)
         self.data_keys = data_keys
         self.encoder = encoder
         self.segment_max_bytes = segment_max_bytes
@@ -92,6 +100,8 @@ class Snapshots:
                     self.encoder,
                     self.segment_max_bytes,
                     lambda: self.on_progress(f"snapshot {reader.snapshot_id}"),
+                    self.hasher,
+                    link_columns(tables, self.entity_links),
                 ).write(reader)
             finally:
                 self.active = None
