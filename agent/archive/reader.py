@@ -280,12 +280,16 @@ def complete_snapshots(entries: list[CatalogEntry]) -> list[SnapshotInfo]:
 
 
 def snapshot_envelopes(
-    reader: ArchiveReader, snap: SnapshotInfo, tables: set[str] | None = None
+    reader: ArchiveReader,
+    snap: SnapshotInfo,
+    tables: set[str] | None = None,
+    parts: list[CatalogEntry] | None = None,
 ) -> Iterator[bytes]:
-    """The snapshot's `r` event envelopes, table by table, part by part."""
+    """The snapshot's `r` event envelopes, table by table, part by part
+    (`parts`: only these, e.g. those an entity restore's indexes chose)."""
     if reader.opener is None:
         raise IntegrityError("reading a snapshot needs the private key (archive.key)")
-    for part in snap.parts:
+    for part in snap.parts if parts is None else parts:
         if tables is not None and part.body["table"] not in tables:
             continue
         key = part.body["object"]

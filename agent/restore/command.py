@@ -37,7 +37,7 @@ from agent.restore.membership import entity_members
 from agent.restore.names import parse_table_list
 from agent.restore.planner import Plan, make_plan
 from agent.restore.report import RestoreReport, TableResult, redact_dsn
-from agent.restore.segment_choice import SegmentChooser
+from agent.restore.segment_choice import SegmentChoice, SegmentChooser
 from agent.restore.shapes import Shapes, TableShape
 from agent.restore.target import Target, before_tx_target, position_target, time_target
 from agent.settings import Settings, load_settings
@@ -222,17 +222,20 @@ def run_restore(
     fold_store = FoldStore()
     try:
         fold = Fold(fold_store, shapes, wanted)
-        fold.load_snapshot(reader, plan)
         segments = plan.segments
         catalog_end = None
-        if scope.entity is not None:
-            store.keep(".seg")  # the chooser's reads serve the replay too
+        if scope.entity is None:
+            fold.load_snapshot(reader, plan)
+        else:
+            store.keep(".seg")  # the chooser's reads serve the fold and replay too
             catalog_end = _catalog_end(plan, target)
-            segments, candidates = _entity_segments(
-                settings, reader, fold_store, shapes, scope, plan, catalog_end is None
+            choice, candidates = _entity_segments(
+                settings, reader, shapes, scope, plan, catalog_end is None
             )
-            # Only rows that may be members are folded from here on.
+            segments = choice.segments
+            # Only rows that may be members are folded.
             fold.only_keys = {t: set(keys) for t, keys in candidates.found.items()}
+            fold.load_snapshot(reader, plan, choice.parts)
         stop = replay(
             reader,
             dataclasses.replace(plan, segments=segments),
@@ -319,12 +322,11 @@ def _catalog_end(plan: Plan, target: Target) -> _CatalogEnd | None:
 def _entity_segments(
     settings: Settings,
     reader: ArchiveReader,
-    fold_store: FoldStore,
     shapes: Shapes,
     scope: _Scope,
     plan: Plan,
     read_last: bool,
-) -> tuple[list[CatalogEntry], Candidates]:
+) -> tuple[SegmentChoice, Candidates]:
     assert scope.entity is not None and scope.links is not None and scope.order is not None
     path = settings.encryption.keyhash_key_file
     if path is None:
@@ -334,12 +336,10 @@ def _entity_segments(
         )
     hasher = KeyHasher(load_keyhash_key(path))
     candidates = Candidates(shapes, scope.entity, scope.links, scope.order)
-    for name in scope.order:
-        for row in fold_store.rows(fold_store.table_id(name)):
-            candidates.observe(name, row)
-    candidates.propagate()
     chooser = SegmentChooser(reader, hasher, candidates, scope.links, scope.order, read_last)
-    return chooser.choose(plan.segments).segments, candidates
+    in_scope = set(scope.order)
+    parts = [p for p in plan.snapshot.parts if p.body["table"] in in_scope]
+    return chooser.choose(plan.segments, parts), candidates
 
 
 RowsOf = Callable[[TableShape], Iterator[list[object]]]

@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from agent.archive.catalog import CatalogEntry
 from agent.archive.reader import ArchiveReader, snapshot_envelopes
 from agent.errors import UsageError
 from agent.events import Position, TableSchema
@@ -206,20 +207,26 @@ class Fold:
     def in_scope(self, name: str) -> bool:
         return self.wanted is None or name in self.wanted
 
-    def load_snapshot(self, reader: ArchiveReader, plan: Plan) -> int:
+    def load_snapshot(
+        self, reader: ArchiveReader, plan: Plan, parts: list[CatalogEntry] | None = None
+    ) -> int:
+        """Fold the snapshot's rows (`parts`: only these snapshot parts)."""
         rows = 0
         pending: dict[int, list[tuple[str, bytes]]] = {}
         tables = None if self.wanted is None else set(self.wanted)
-        for env in snapshot_envelopes(reader, plan.snapshot, tables):
+        for env in snapshot_envelopes(reader, plan.snapshot, tables, parts):
             doc = json.loads(env)
             src = doc["source"]
             shape = self.shapes.get(f"{src['schema']}.{src['table']}")
             if shape is None:
                 continue
             after = doc["after"]
+            key = key_json([after.get(c) for c in shape.key])
+            if self.only_keys is not None and key not in self.only_keys.get(shape.name, ()):
+                continue
             tid = self.store.table_id(shape.name)
             batch = pending.setdefault(tid, [])
-            batch.append((key_json([after.get(c) for c in shape.key]), _row_bytes(after)))
+            batch.append((key, _row_bytes(after)))
             rows += 1
             if len(batch) >= _BATCH:
                 self.store.put_many(tid, batch)

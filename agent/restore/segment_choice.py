@@ -1,7 +1,8 @@
 """Which segments an entity restore must open, from the per-segment indexes.
 
-Each segment has a sealed `.idx` object: sorted 8-byte truncated keyed hashes
-of every event's (table, primary key) and of the values of link columns.
+Each segment, and each snapshot part, has a sealed `.idx` object: sorted
+8-byte truncated keyed hashes of every event's (table, primary key) and of
+the values of link columns.
 Starting from the root's key, segments whose index holds a wanted hash are
 read, the rows seen there make new candidates (see candidates.py), whose
 keys and link values select more segments — to a fixed point.
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class SegmentChoice:
     segments: list[CatalogEntry]  # in catalog order
+    parts: list[CatalogEntry] = field(default_factory=list)  # snapshot parts to load
     indexes_read: int = 0
     rounds: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
@@ -95,6 +97,18 @@ class SegmentChooser:
             out.setdefault(len(segs) - 1, "last segment of the plan")
         return out
 
+    def _parts_always(self, parts: list[CatalogEntry], root_hash: bytes | None) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for i, p in enumerate(parts):
+            table = p.body.get("table")
+            if p.body.get("index_object") is None:
+                out[i] = "snapshot part not indexed"
+            elif root_hash is None and table == self.candidates.root.table:
+                out[i] = "root column not indexed"
+            elif any(ln.child == table for ln in set(self.links) - _indexed_links(p, self.links)):
+                out[i] = "link columns not indexed"
+        return out
+
     def _holds_any(self, e: CatalogEntry, wanted: set[bytes]) -> bool:
         """Whether the segment's index holds one of the wanted hashes."""
         key = e.body["index_object"]
@@ -109,32 +123,45 @@ class SegmentChooser:
             raise IntegrityError(f"{key}: index length is not a multiple of 8")
         return any(contains(index, h) for h in wanted)
 
-    def choose(self, segs: list[CatalogEntry]) -> SegmentChoice:
+    def choose(
+        self, segs: list[CatalogEntry], parts: list[CatalogEntry] | None = None
+    ) -> SegmentChoice:
+        """The segments, and the snapshot parts (of in-scope tables), to read."""
+        parts = parts or []
         root_hash = self.candidates.root_key_hash(self.hasher)
         always = self._always(segs, root_hash)
         unindexed = {i for i, e in enumerate(segs) if e.body.get("index_object") is None}
         selected: set[int] = set(always) | unindexed
+        part_always = self._parts_always(parts, root_hash)
+        parts_selected: set[int] = set(part_always)
         reasons: dict[str, int] = {}
-        for why in always.values():
+        for why in [*always.values(), *part_always.values()]:
             reasons[why] = reasons.get(why, 0) + 1
         read: set[int] = set()
+        parts_read: set[int] = set()
         wanted: set[bytes] = {root_hash} if root_hash is not None else set()
-        # What the snapshot already showed: the root's key and link values reach
-        # children whose segments hold nothing of the root itself.
         wanted |= self.candidates.new_hashes(self.hasher)
         choice = SegmentChoice([])
         while True:
             choice.rounds += 1
             if wanted:
+                for i, p in enumerate(parts):
+                    if i not in parts_selected and self._holds_any(p, wanted):
+                        parts_selected.add(i)
+                        reasons["snapshot index"] = reasons.get("snapshot index", 0) + 1
                 for i, e in enumerate(segs):
                     if i in selected or not self.scope & set(e.body.get("tables") or ()):
                         continue
                     if self._holds_any(e, wanted):
                         selected.add(i)
                         reasons["index"] = reasons.get("index", 0) + 1
+            pending_parts = sorted(parts_selected - parts_read)
             pending = sorted(selected - read)
-            if not pending:
+            if not pending and not pending_parts:
                 break
+            for i in pending_parts:
+                parts_read.add(i)
+                self._observe(parts[i])
             while pending:
                 i = pending.pop(0)
                 read.add(i)
@@ -150,9 +177,13 @@ class SegmentChooser:
             self.candidates.propagate()
             wanted = self.candidates.new_hashes(self.hasher)
         choice.segments = [segs[i] for i in sorted(selected)]
+        choice.parts = [parts[i] for i in sorted(parts_selected)]
         choice.indexes_read = len(self._indexes_read)
         choice.reasons = reasons
-        log.info("entity restore reads %d of %d segments (%s)", len(selected), len(segs), reasons)
+        log.info(
+            "entity restore reads %d of %d segments and %d of %d snapshot parts (%s)",
+            len(selected), len(segs), len(parts_selected), len(parts), reasons,
+        )
         return choice
 
     def _observe(self, e: CatalogEntry) -> tuple[bool, bool]:

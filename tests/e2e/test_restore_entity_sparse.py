@@ -4,6 +4,8 @@ An entity restore opens only the segment whose index holds the row: the
 transaction's identity comes from the segment's catalog entry (`continues`),
 indexes are range-read a chunk at a time, and where the replay stops is
 taken from the catalog (`last_txid`) instead of reading the last segment.
+From a base snapshot, likewise, only the snapshot parts whose index holds the
+entity's rows are read.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def test_entity_inside_a_long_transaction_reads_one_segment(pg_database: Any, tm
     state = tmp_path / "state"
     config = write_config(
         tmp_path / "cv.yaml",
-        source={"type": "postgres", "dsn": dsn, "slot": "cv_sparse", "publication": "cv_sparse"},
+        source={"type": "postgres", "dsn": dsn, "slot": "cv_sparse", "publication": "cv_sparse",
+                "tables": ["public.bench_rows"]},
         archive_url=(tmp_path / "archive").as_uri(), keys=keys, state_dir=state,
     )
     doc = yaml.safe_load(config.read_text())
@@ -79,3 +82,17 @@ def test_entity_inside_a_long_transaction_reads_one_segment(pg_database: Any, tm
     restore("r_seven", "--entity", "public.bench_rows.id=7")
     assert _row(dsn, "r_seven.bench_rows", 7) == _row(dsn, "public.bench_rows", 7)
     assert "after" in _row(dsn, "r_seven.bench_rows", 7)[0][0]
+
+    # A base snapshot of the 20,000 rows, in parts of ~1 MiB: the entity comes
+    # from the one part whose index holds it.
+    proc = cli(["snapshot", "-c", str(config)], timeout=300)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    from_snapshot = restore("r_snap", "--entity", "public.bench_rows.id=12345")
+    assert _row(dsn, "r_snap.bench_rows", 12345) == _row(dsn, "public.bench_rows", 12345)
+    snap_id = re.search(r"from snapshot (\S+) at", from_snapshot)
+    assert snap_id and snap_id.group(1) not in one, from_snapshot  # the new snapshot was used
+    got, size = map(int, READ.search(from_snapshot).groups())  # type: ignore[union-attr]
+    assert got < size / 8, from_snapshot
+    whole_snap = restore("r_snap_whole")
+    w_got, _ = map(int, READ.search(whole_snap).groups())  # type: ignore[union-attr]
+    assert got < w_got / 4, (from_snapshot, whole_snap)
