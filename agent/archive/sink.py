@@ -21,7 +21,7 @@ from agent.archive.records import SchemaRecord, TxBeginRecord, TxEndRecord
 from agent.archive.segment import SegmentBuilder, seal_object
 from agent.archive.writer import ArchiveWriter
 from agent.checkpoint import position_to_json
-from agent.crypto.datakeys import DataKeyManager
+from agent.crypto.datakeys import DataKey, DataKeyManager
 from agent.crypto.keyhash import KeyHasher
 from agent.envelope import format_ts
 from agent.events import Position
@@ -161,15 +161,7 @@ class ArchiveSink:
         archive_id = self.writer.archive_id
         data_key = self.data_keys.current()
         blob = seal_object(data_key, archive_id, key, {"kind": "segment"}, [seg.builder.finish()])
-        index_key = key[: -len(".seg")] + ".idx"
-        index_blob = seal_object(
-            data_key,
-            archive_id,
-            index_key,
-            {"kind": "index"},
-            [b"".join(sorted(seg.index))],
-            chunk_size=INDEX_CHUNK_BYTES,
-        )
+        index_key, index_blob = seal_index(data_key, archive_id, key, seg.index)
         self.writer.store.create(key, blob)
         self.writer.store.create(index_key, index_blob)
         body: dict[str, Any] = {
@@ -202,6 +194,23 @@ class ArchiveSink:
             self._on_segment(len(blob) + len(index_blob))
         if seg.last_end is not None:
             self._ack(seg.last_end.index)
+
+
+def seal_index(
+    data_key: DataKey, archive_id: str, data_object: str, entries: set[bytes]
+) -> tuple[str, bytes]:
+    """The index object of a segment or snapshot part: its key and sealed bytes
+    (sorted truncated hashes, in small chunks for range reads)."""
+    index_key = data_object[: -len(".seg")] + ".idx"
+    blob = seal_object(
+        data_key,
+        archive_id,
+        index_key,
+        {"kind": "index"},
+        [b"".join(sorted(entries))],
+        chunk_size=INDEX_CHUNK_BYTES,
+    )
+    return index_key, blob
 
 
 def _continues_json(begin: TxBegin | None) -> dict[str, Any] | None:

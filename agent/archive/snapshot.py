@@ -20,7 +20,7 @@ from typing import Any
 from agent.archive import catalog
 from agent.archive.records import EventRecord, SchemaRecord, schema_to_json
 from agent.archive.segment import SegmentBuilder, seal_object
-from agent.archive.sink import INDEX_CHUNK_BYTES, INDEX_HASH_BYTES
+from agent.archive.sink import INDEX_HASH_BYTES, seal_index
 from agent.archive.writer import ArchiveWriter
 from agent.checkpoint import position_to_json
 from agent.crypto.datakeys import DataKeyManager
@@ -147,15 +147,7 @@ class SnapshotWriter:
         }
         stored = len(blob)
         if self.hasher is not None:
-            index_key = key[: -len(".seg")] + ".idx"
-            index_blob = seal_object(
-                data_key,
-                archive_id,
-                index_key,
-                {"kind": "index"},
-                [b"".join(sorted(index))],
-                chunk_size=INDEX_CHUNK_BYTES,
-            )
+            index_key, index_blob = seal_index(data_key, archive_id, key, index)
             self.writer.store.create(index_key, index_blob)
             body |= {
                 "index_object": index_key,
