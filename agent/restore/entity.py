@@ -32,7 +32,13 @@ _INT_RANGES = {
     "integer": 1 << 31,
     "bigint": 1 << 63,
 }
-_NUMERIC_SCALE = re.compile(r"^numeric\(\d+,(\d+)\)$")
+# MySQL/MariaDB integer types as information_schema prints them: `int(11) unsigned`.
+_MYSQL_INT = re.compile(
+    r"^(tinyint|smallint|mediumint|int|integer|bigint)(\(\d+\))?( unsigned)?( zerofill)?$"
+)
+_MYSQL_INT_BITS = {"tinyint": 8, "smallint": 16, "mediumint": 24, "int": 32, "integer": 32,
+                   "bigint": 64}
+_NUMERIC_SCALE = re.compile(r"^(?:numeric|decimal)\(\d+,(\d+)\)( unsigned)?( zerofill)?$")
 _TEXT_TYPES = ("text", "character varying", "varchar", "citext", "name")
 
 
@@ -76,11 +82,23 @@ class EntityRoot:
         return f"{self.table}.{self.column}={self.value.text}"
 
 
-def _kind(type_name: str) -> str:
+def _int_range(type_name: str) -> tuple[int, int] | None:
+    """[low, high) of an integer type (PostgreSQL's names, or MySQL's), else None."""
     t = type_name.lower()
     if t in _INT_RANGES:
+        return -_INT_RANGES[t], _INT_RANGES[t]
+    m = _MYSQL_INT.match(t)
+    if m is None:
+        return None
+    bits = _MYSQL_INT_BITS[m.group(1)]
+    return (0, 1 << bits) if m.group(3) else (-(1 << (bits - 1)), 1 << (bits - 1))
+
+
+def _kind(type_name: str) -> str:
+    t = type_name.lower()
+    if _int_range(t) is not None:
         return "int"
-    if t == "numeric" or t.startswith("numeric("):
+    if t in ("numeric", "decimal") or t.startswith(("numeric(", "decimal(")):
         return "numeric"
     if t == "uuid":
         return "uuid"
@@ -110,8 +128,8 @@ def parse_value(type_name: str, raw: str, where: str) -> TypedValue:
     """The value of `--entity` as the column's type, or a UsageError naming what was expected."""
     kind = _kind(type_name)
     if kind == "int":
-        bound = _INT_RANGES[type_name.lower()]
-        if not _INT.match(raw) or not -bound <= int(raw) < bound:
+        low, high = _int_range(type_name) or (0, 0)
+        if not _INT.match(raw) or not low <= int(raw) < high:
             raise UsageError(f"{where}: expected a {type_name} value, found {raw!r}")
         n = int(raw)
         return TypedValue(type_name, n, str(n), n)

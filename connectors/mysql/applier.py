@@ -12,6 +12,11 @@ Reading back uses the snapshot's own text-protocol converters
 (connectors.mysql.snapshot.value_converter) under the same session settings,
 FLOAT through a DOUBLE cast (the text protocol prints 6 digits), so a
 restored value reads back exactly as the archive holds it.
+
+`--preview` and `--in-place` read the source-named tables through the same
+converters inside one InnoDB transaction (rows locked FOR UPDATE in place)
+and write only the rows that differ, with bound parameters
+(connectors.mysql.inplace_sql builds the statements).
 """
 
 from __future__ import annotations
@@ -33,11 +38,23 @@ import pymysql
 import pymysql.converters
 import pymysql.cursors
 
-from agent.errors import DecodeError, NotYetAvailable, ServiceError, UsageError
+from agent.errors import DecodeError, ServiceError, UsageError
 from agent.events import Column, TableSchema
 from connectors.base import RestoreRows, RowChanges, RowMatch
 from connectors.mysql.connection import quote_identifier as q
 from connectors.mysql.ddl import base_type, foreign_key_ddl, table_ddl
+from connectors.mysql.inplace_sql import (
+    TargetColumns,
+    exact_filter,
+    is_constraint_error,
+    match_chunks,
+    match_converter,
+    probe_table,
+    qp,
+    referencing_fks,
+    target_columns,
+    write_rows,
+)
 from connectors.mysql.snapshot import value_converter
 from connectors.mysql.types import float32
 
@@ -233,6 +250,8 @@ class MySQLApplier:
         self.conn = connect_target(dsn, local_infile=method != "insert")
         self._created_db: str | None = None
         self._created: list[str] = []
+        # information_schema per table, read once per preview / in-place transaction.
+        self._target_columns: dict[tuple[str, str], TargetColumns | None] = {}
         try:
             with self.conn.cursor() as cur:
                 for stmt in _SESSION:
@@ -400,23 +419,27 @@ class MySQLApplier:
         finally:
             self.conn._local_infile = False  # type: ignore[attr-defined]
 
-    def read_back(self, target_schema: str, table: TableSchema) -> Iterator[list[object]]:
-        names = [c.name for c in table.columns]
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS"
-                        " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
-                        (target_schema, table.table))
-            types = {_text(r[0]): _text(r[1]).lower() for r in cur.fetchall()}
-        missing = [n for n in names if n not in types]
+    def _reader(self, db: str, table: TableSchema, cols: TargetColumns | None,
+                error: type[Exception]) -> tuple[str, list[Convert]]:
+        """The SELECT list of the table's columns (FLOAT through DOUBLE: the text
+        protocol prints 6 digits) and each column's converter to its JSON value."""
+        types = cols.data_types if cols is not None else {}
+        missing = [c.name for c in table.columns if c.name not in types]
         if missing:
-            raise DecodeError(f"target table {target_schema}.{table.table}: expected columns "
-                              f"{', '.join(missing)}, found none")
+            raise error(f"target table {db}.{table.table}: expected columns "
+                        f"{', '.join(missing)} (as at the restore target), found none by "
+                        "those names")
         conv = [read_converter(c, types[c.name]) for c in table.columns]
-        select = ", ".join(f"CAST({q(n)} AS DOUBLE)" if types[n] == "float" else q(n)
-                           for n in names)
+        select = ", ".join(f"CAST({qp(c.name)} AS DOUBLE)" if types[c.name] == "float"
+                           else qp(c.name) for c in table.columns)
+        return select, conv
+
+    def read_back(self, target_schema: str, table: TableSchema) -> Iterator[list[object]]:
+        cols = target_columns(self.conn, target_schema, table.table)
+        select, conv = self._reader(target_schema, table, cols, DecodeError)
         self.conn.commit()  # a fresh read view: see everything the load committed
         with self.conn.cursor(pymysql.cursors.SSCursor) as cur:
-            cur.execute(f"SELECT {select} FROM {q(target_schema)}.{q(table.table)}")
+            cur.execute(f"SELECT {select} FROM {qp(target_schema)}.{qp(table.table)}", ())
             while batch := cur.fetchmany(_FETCH):
                 for values in batch:
                     yield [None if v is None else f(v) for f, v in zip(conv, values, strict=True)]
@@ -424,32 +447,95 @@ class MySQLApplier:
     def close(self) -> None:
         self.conn.close()
 
-    # --- preview and in place: not built for MySQL/MariaDB targets yet. These
-    # refuse plainly (exit 2) instead of pretending; a whole or --tables
-    # restore into a new database works.
+    # ------------------------------------------------------------ preview and in place
+    # One transaction (begun and finished by agent/restore/inplace.py's caller) with
+    # foreign key checks on, so the server enforces and cascades as in production.
 
     def table_exists(self, target_schema: str, table: str) -> bool:
-        with self.conn.cursor() as cur:
-            cur.execute(
-                "SELECT 1 FROM information_schema.tables WHERE table_schema = %s"
-                " AND table_name = %s",
-                (target_schema, table),
-            )
-            return cur.fetchone() is not None
+        return self._columns(target_schema, table) is not None
+
+    def _columns(self, db: str, table: str) -> TargetColumns | None:
+        key = (db, table)
+        if key not in self._target_columns:
+            self._target_columns[key] = target_columns(self.conn, db, table)
+        return self._target_columns[key]
 
     def begin(self) -> None:
-        raise _in_place_unavailable()
+        """Start the one transaction of an in-place restore or a preview."""
+        self._target_columns.clear()
+        try:
+            self.conn.rollback()
+            with self.conn.cursor() as cur:
+                cur.execute("SET SESSION foreign_key_checks = 1")
+                cur.execute("START TRANSACTION")
+        except pymysql.err.MySQLError as exc:
+            raise ServiceError(f"--target-dsn: {_message(exc)}") from None
 
     def finish(self, commit: bool) -> None:
-        raise _in_place_unavailable()
+        try:
+            if commit:
+                self.conn.commit()
+            else:
+                self.conn.rollback()
+            with self.conn.cursor() as cur:
+                cur.execute("SET SESSION foreign_key_checks = 0")  # as load_new expects
+        except pymysql.err.MySQLError as exc:
+            raise ServiceError(f"--target-dsn: {_message(exc)}") from None
+
+    def _matching(self, db: str, table: TableSchema, select: str, match: RowMatch | None,
+                  suffix: str) -> Iterator[tuple[Any, ...]]:
+        """Raw rows of `SELECT select FROM db.table` whose match columns equal one of the
+        tuples (compared on the server, in chunks); match None: every row."""
+        head = f"SELECT {select} FROM {qp(db)}.{qp(table.table)}"
+        with self.conn.cursor() as cur:
+            if match is None:
+                cur.execute(head + suffix, ())
+                yield from cur.fetchall()
+                return
+            by_name = {c.name: c for c in table.columns}
+            columns = [by_name[n] for n in match.columns]
+            params = [match_converter(c, param_converter(c)) for c in columns]
+            for where, args in match_chunks(columns, match.values, params):
+                cur.execute(f"{head} WHERE {where}{suffix}", args)
+                yield from cur.fetchall()
 
     def select_rows(
         self, target_schema: str, table: TableSchema, match: RowMatch | None, lock: bool
     ) -> list[list[Any]]:
-        raise _in_place_unavailable()
+        """Rows (JSON values in column order) whose `match` columns equal one of the
+        tuples: bound parameters compared on the server as the column's type, then
+        exactly (a collation lets `'a' = 'A '` through). `lock`: FOR UPDATE."""
+        if match is not None and not match.values:
+            return []
+        cols = self._columns(target_schema, table.table)
+        select, conv = self._reader(target_schema, table, cols, UsageError)
+        keep = None
+        if match is not None:
+            names = table.column_names
+            keep = exact_filter([table.columns[names.index(n)] for n in match.columns],
+                                [names.index(n) for n in match.columns], match.values)
+        out = []
+        try:
+            for raw in self._matching(target_schema, table, select, match,
+                                      " FOR UPDATE" if lock else ""):
+                values = [None if v is None else f(v) for f, v in zip(conv, raw, strict=True)]
+                if keep is None or keep(values):
+                    out.append(values)
+        except pymysql.err.MySQLError as exc:
+            raise _service_error(exc) from None
+        return out
 
     def triggers(self, target_schema: str, table: str) -> list[str]:
-        raise _in_place_unavailable()
+        """Triggers on the table (they fire during an in-place restore), with their event."""
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT TRIGGER_NAME, ACTION_TIMING, EVENT_MANIPULATION"
+                " FROM information_schema.TRIGGERS"
+                " WHERE EVENT_OBJECT_SCHEMA = %s AND EVENT_OBJECT_TABLE = %s"
+                " ORDER BY TRIGGER_NAME",
+                (target_schema, table),
+            )
+            return [f"{_text(n)} ({_text(t)} {_text(e)})" for n, t, e in cur.fetchall()]
 
     def cascade_outside(
         self,
@@ -458,17 +544,76 @@ class MySQLApplier:
         deleted: list[list[Any]],
         scope: dict[str, tuple[TableSchema, list[list[Any]]]],
     ) -> str | None:
-        raise _in_place_unavailable()
+        """A row outside the scope that deleting `deleted` would cascade to, described.
+
+        Any table of the server may reference this one (captured or not). Rows of
+        a table in `scope` (same database) whose keys are in scope are the
+        restore's own business; every other referencing row counts.
+        """
+        if not deleted:
+            return None
+        position = {c.name: i for i, c in enumerate(table.columns)}
+        try:
+            for fk in referencing_fks(self.conn, target_schema, table.table):
+                if not all(c in position for c in fk.ref_columns):
+                    continue
+                values = [[row[position[c]] for c in fk.ref_columns] for row in deleted]
+                probe = probe_table(fk, table)
+                match = RowMatch(fk.columns, values)
+                own = scope.get(fk.table) if fk.schema == target_schema else None
+                if own is None or not own[1]:
+                    found = sum(int(r[0]) for r in
+                                self._matching(fk.schema, probe, "COUNT(*)", match, ""))
+                else:
+                    found = self._outside(fk.schema, own[0], probe, match, own[1])
+                if found:
+                    return (f"{fk.schema}.{fk.table} ({found} rows outside the scope) through "
+                            f"foreign key {fk.name} ON DELETE {fk.action}")
+        except pymysql.err.MySQLError as exc:
+            raise _service_error(exc) from None
+        return None
+
+    def _outside(self, db: str, child: TableSchema, probe: TableSchema, match: RowMatch,
+                 in_scope: list[list[Any]]) -> int:
+        """Referencing rows of an in-scope table whose keys are not in scope."""
+        cols = self._columns(db, child.table)
+        key_table = TableSchema(child.schema, child.table,
+                                tuple(next(c for c in child.columns if c.name == k)
+                                      for k in child.primary_key), child.primary_key)
+        select, conv = self._reader(db, key_table, cols, UsageError)
+        own = {_JSON(k) for k in in_scope}
+        found = 0
+        for raw in self._matching(db, probe, select, match, ""):
+            key = [None if v is None else f(v) for f, v in zip(conv, raw, strict=True)]
+            found += _JSON(key) not in own
+        return found
 
     def apply_rows(self, target_schema: str, table: TableSchema, changes: RowChanges) -> None:
-        raise _in_place_unavailable()
+        """Inserts, updates (only the columns that differ) and deletes, by primary key
+        (connectors.mysql.inplace_sql.write_rows); a constraint violation is a UsageError."""
+        cols = self._columns(target_schema, table.table)
+        if cols is None:
+            raise UsageError(f"target table {target_schema}.{table.table}: expected it to "
+                             "exist for --in-place, found none")
+        try:
+            with self.conn.cursor() as cur:
+                write_rows(cur, target_schema, table, cols, changes,
+                           [param_converter(c) for c in table.columns])
+        except pymysql.err.MySQLError as exc:
+            if is_constraint_error(exc):
+                raise UsageError(
+                    f"{target_schema}.{table.table}: the in-place restore conflicts with the "
+                    f"target's constraints ({_message(exc)}); rolled back, nothing written"
+                ) from None
+            raise _service_error(exc) from None
 
 
-def _in_place_unavailable() -> NotYetAvailable:
-    return NotYetAvailable(
-        "restore: --preview and --in-place into MySQL/MariaDB are not available in this "
-        "version; restore into a new database instead"
-    )
+def _service_error(exc: pymysql.err.MySQLError) -> Exception:
+    """Lock wait timeout, deadlock, permission denied, lost connection: exit 3;
+    a statement the server could not take (a table reshaped under us): exit 2."""
+    if isinstance(exc, pymysql.err.ProgrammingError):
+        return UsageError(f"--target-dsn: the target refused a statement: {_message(exc)}")
+    return ServiceError(f"--target-dsn: {_message(exc)}")
 
 
 def _text(v: Any) -> str:
