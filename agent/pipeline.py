@@ -70,7 +70,9 @@ class PipelineOptions:
     # batch, not per event); memory is bounded by queue_batches * batch_items.
     queue_batches: int = 64
     batch_items: int = 256
-    confirm_interval: float = 1.0  # seconds between confirmations to the source
+    # Seconds between confirmations (checkpoint file + source feedback): how long
+    # the checkpoint may trail what every sink made durable.
+    confirm_interval: float = 0.25
     drain_timeout: float = 60.0
     # A sink call (a put, a flush) that has not returned for this long means a
     # hung endpoint: the run fails like any sink error, so the outage shows in

@@ -83,6 +83,10 @@ def is_refusal(exc: BaseException) -> bool:
 
 
 _HEARTBEAT_PREFIX = "changevault"
+# An idle stream yields a Heartbeat this often: the pipeline confirms (writes
+# the checkpoint) only between items, so this bounds how long the checkpoint
+# trails the sinks once the source goes quiet.
+_IDLE_BEAT_S = 0.25
 
 
 class PostgresSource:
@@ -381,7 +385,7 @@ class PostgresSource:
         self._last_status = time.monotonic()
 
     def _poll(self) -> Transaction | Heartbeat:
-        """Read until a transaction commits, or at most ~1 s (then a Heartbeat).
+        """Read until a transaction commits, or at most _IDLE_BEAT_S (then a Heartbeat).
 
         Messages come from libpq in batches (read_batch); between batches the
         clock is read once for status updates, heartbeats and the deadline.
@@ -389,7 +393,7 @@ class PostgresSource:
         repl = self._repl
         assert repl is not None
         feed = self.assembler.feed
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + _IDLE_BEAT_S
         batch, i = self._batch, self._batch_at
         while True:
             if i >= len(batch):
