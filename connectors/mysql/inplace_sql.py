@@ -13,6 +13,7 @@ returned are filtered again in Python against the requested values.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -29,6 +30,7 @@ _DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=F
 MATCH_CHUNK = 500  # tuples per IN list: statements stay far below max_allowed_packet
 
 # Types whose comparison follows a collation (case, trailing spaces): filtered again.
+_GENERATED = re.compile(r"\b(?:virtual|stored|persistent) generated\b")
 _COLLATED = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set"}
 
 # Errors that mean "the target's constraints refuse these rows" (exit 2), by errno:
@@ -75,7 +77,8 @@ def target_columns(
         return None
     return TargetColumns(
         {n: t for n, t, _ in rows},
-        frozenset(n for n, _, e in rows if "generated" in e),
+        # Not MySQL 8's DEFAULT_GENERATED (an expression default, e.g. on a timestamp).
+        frozenset(n for n, _, e in rows if _GENERATED.search(e)),
         frozenset(n for n, _, e in rows if "on update" in e),
     )
 
