@@ -42,6 +42,26 @@ def test_integer_values_are_strict(raw: str) -> None:
         parse_value("integer", raw, "--entity")
 
 
+@pytest.mark.parametrize(("type_name", "ok", "bad"), [
+    ("int(11)", ["-2147483648", "2147483647"], ["2147483648", "1.5"]),
+    ("int(10) unsigned", ["0", "4294967295"], ["-1", "4294967296"]),
+    ("bigint(20) unsigned", ["18446744073709551615"], ["18446744073709551616", "-1"]),
+    ("tinyint(4)", ["-128", "127"], ["128"]),
+    ("mediumint(8) unsigned zerofill", ["16777215"], ["16777216"]),
+])
+def test_mysql_integer_types_parse_with_their_ranges(type_name: str, ok: list[str], bad: list[str]) -> None:
+    for raw in ok:
+        assert parse_value(type_name, raw, "w").value == int(raw)
+    for raw in bad:
+        with pytest.raises(UsageError):
+            parse_value(type_name, raw, "w")
+
+
+def test_mysql_decimal_parses_like_numeric() -> None:
+    d = parse_value("decimal(10,2)", "7.5", "w")
+    assert d.value == Decimal("7.5") and d.json == "7.50"
+
+
 def test_values_parse_to_their_types() -> None:
     assert parse_value("integer", "-42", "w").value == -42
     n = parse_value("numeric(12,2)", "10.5", "w")
