@@ -134,6 +134,9 @@ class ArchiveSink:
             if key is None:
                 key = self.hasher.row_key(ev.schema, ev.table, ev.key)
             seg.index.add(key[:INDEX_HASH_BYTES])
+            old = _old_key(ev.key, ev.before) if ev.op == "u" else None
+            if old is not None:  # a key-changing update: findable under its old key too
+                seg.index.add(self.hasher.row_key(ev.schema, ev.table, old)[:INDEX_HASH_BYTES])
         for column in self.link_columns.get(table, ()):
             for row in (ev.before, ev.after):
                 if row is not None and row.get(column) is not None:
@@ -188,12 +191,23 @@ class ArchiveSink:
             # Which columns' values the index covers, so an entity restore may
             # skip a segment whose index lacks a member's link value.
             "link_columns": {t: list(cols) for t, cols in self.link_columns.items()},
+            # The index names a key-changing update under its old key as well
+            # (older segments do not: an entity restore reads them whole).
+            "old_keys_indexed": True,
         }
         self.writer.append(catalog.SEGMENT, body)
         if self._on_segment is not None:
             self._on_segment(len(blob) + len(index_blob))
         if seg.last_end is not None:
             self._ack(seg.last_end.index)
+
+
+def _old_key(key: Mapping[str, Any], before: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """An update's previous primary key, when its before image shows it changed."""
+    if before is None or not all(c in before for c in key):
+        return None
+    old = {c: before[c] for c in key}
+    return None if old == dict(key) else old
 
 
 def seal_index(

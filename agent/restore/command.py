@@ -234,7 +234,7 @@ def run_restore(
             )
             segments = choice.segments
             # Only rows that may be members are folded.
-            fold.only_keys = {t: set(keys) for t, keys in candidates.found.items()}
+            fold.only_keys = {t: set(candidates.found.get(t, ())) for t in scope.order or ()}
             fold.load_snapshot(reader, plan, choice.parts)
         stop = replay(
             reader,
@@ -243,7 +243,11 @@ def run_restore(
             fold,
             sparse=scope.entity is not None,
         )
-        if catalog_end is not None and stop.position.sort_key < catalog_end.position.sort_key:
+        if (
+            catalog_end is not None
+            and stop.next_txid is None
+            and stop.position.sort_key < catalog_end.position.sort_key
+        ):
             # The plan's last transactions touch nothing in scope: the catalog names them.
             stop.position, stop.commit_ts = catalog_end.position, catalog_end.commit_ts
             stop.txid = catalog_end.txid
@@ -305,8 +309,12 @@ class _CatalogEnd:
 
 
 def _catalog_end(plan: Plan, target: Target) -> _CatalogEnd | None:
-    """Where the replay stops, if the target admits the whole last segment of the plan."""
-    if not plan.segments:
+    """Where the replay stops, if the target admits the whole last segment of the plan.
+
+    Position targets only: commit times may be slightly out of commit order,
+    so for a time target the last segment is read to find the exact boundary.
+    """
+    if not plan.segments or target.time is not None:
         return None
     last = plan.segments[-1].body
     position = entry_position(plan.segments[-1], "last_position")

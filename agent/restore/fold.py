@@ -201,7 +201,8 @@ class Fold:
         self.wanted = wanted
         self.stats = FoldStats()
         # Entity restore: table -> the primary keys (key_json) that may be
-        # members; other rows' changes cannot matter and are not folded.
+        # members; other rows' changes cannot matter and are not folded. A
+        # table missing from the map (its key was redefined) is folded whole.
         self.only_keys: dict[str, set[str]] | None = None
 
     def in_scope(self, name: str) -> bool:
@@ -222,7 +223,8 @@ class Fold:
                 continue
             after = doc["after"]
             key = key_json([after.get(c) for c in shape.key])
-            if self.only_keys is not None and key not in self.only_keys.get(shape.name, ()):
+            only = None if self.only_keys is None else self.only_keys.get(shape.name)
+            if only is not None and key not in only:
                 continue
             tid = self.store.table_id(shape.name)
             batch = pending.setdefault(tid, [])
@@ -239,6 +241,9 @@ class Fold:
     def schema_change(self, record: TableSchema) -> None:
         change: KeyChange | None = self.shapes.apply(record)
         if change is not None and self.in_scope(change.table):
+            if self.only_keys is not None:
+                # Candidate keys are in the old layout: fold every row from here on.
+                self.only_keys.pop(change.table, None)
             shape = self.shapes.by_name[change.table]
             log.info(
                 "%s: key redefined from %s to %s; re-keying", change.table, change.old, change.new
@@ -261,7 +266,7 @@ class Fold:
             self.store.truncate(tid)
             return
         key = shape.key
-        only = None if self.only_keys is None else self.only_keys.get(name, set())
+        only = None if self.only_keys is None else self.only_keys.get(name)
         if op == "d":
             old = doc["key"] or doc["before"] or {}
             old_key = key_json([old.get(c) for c in key])

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from agent.archive.catalog import CatalogEntry
 from agent.archive.index_lookup import IndexReader, contains
 from agent.archive.reader import ArchiveReader
-from agent.archive.records import EventRecord, TxBeginRecord, TxEndRecord
+from agent.archive.records import EventRecord, SchemaRecord, TxBeginRecord, TxEndRecord
 from agent.archive.segment import open_object, read_segment_records
 from agent.crypto.keyhash import KeyHasher
 from agent.errors import IntegrityError
@@ -77,6 +77,8 @@ class SegmentChooser:
         self.links = [ln for ln in links if ln.child in set(scope)]
         self.scope = set(scope)
         self._indexes_read: set[int] = set()
+        # segment seq -> in-scope tables whose primary key it redefined
+        self._rekeyed_in: dict[int, set[str]] = {}
         assert reader.opener is not None
         self._lookup = IndexReader(reader.store, reader.opener, reader.archive_id)
 
@@ -91,6 +93,10 @@ class SegmentChooser:
                 out[i] = "root column not indexed"
             elif not tables & self.scope:
                 continue
+            elif not e.body.get("old_keys_indexed"):
+                # Written before key-changing updates were indexed under their old
+                # key: the index cannot say where a candidate's key changed.
+                out[i] = "old keys not indexed"
             elif any(ln.child in tables for ln in set(self.links) - _indexed_links(e, self.links)):
                 out[i] = "link columns not indexed"
         if segs and self.read_last:
@@ -166,6 +172,10 @@ class SegmentChooser:
                 i = pending.pop(0)
                 read.add(i)
                 starts_inside, ends_inside = self._observe(segs[i])
+                for j in self._after_rekey(segs, i, selected):
+                    selected.add(j)
+                    pending.append(j)
+                    reasons["key redefined"] = reasons.get("key redefined", 0) + 1
                 for j, crossing in ((i - 1, starts_inside), (i + 1, ends_inside)):
                     if not crossing or not 0 <= j < len(segs) or j in selected:
                         continue
@@ -186,6 +196,20 @@ class SegmentChooser:
         )
         return choice
 
+    def _after_rekey(self, segs: list[CatalogEntry], i: int, selected: set[int]) -> list[int]:
+        """Segments after `i` to read because `i` redefined an in-scope table's key.
+
+        Their index entries hash the new key (columns or names); the
+        candidates know the rows under the snapshot's key, so the index cannot
+        be asked: every later segment holding the table is read.
+        """
+        tables = self._rekeyed_in.pop(segs[i].seq, set())
+        return [
+            j
+            for j in range(i + 1, len(segs))
+            if j not in selected and tables & set(segs[j].body.get("tables") or ())
+        ]
+
     def _observe(self, e: CatalogEntry) -> tuple[bool, bool]:
         """Feed every row image of in-scope tables to the candidates.
 
@@ -205,6 +229,13 @@ class SegmentChooser:
                 if open_tx is None:
                     starts_inside = True
                 open_tx = False
+            elif isinstance(rec, SchemaRecord):
+                name = rec.table.qualified
+                shape = self.candidates.shapes.get(name)
+                if name in self.scope and shape is not None and (
+                    tuple(rec.table.primary_key) != tuple(shape.key)
+                ):
+                    self._rekeyed_in.setdefault(e.seq, set()).add(name)
             elif isinstance(rec, EventRecord):
                 if open_tx is None:
                     starts_inside = True
