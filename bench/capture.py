@@ -158,7 +158,7 @@ def measure_latency(servers: BenchServers, name: str, producer: str, seconds: fl
     """Commit mixed 100-row transactions at a steady rate; latency = when a consumer sees
     the transaction's record on <prefix>.transactions minus its commit time (the record
     timestamp), an upper bound of commit -> Kafka ack (ms resolution)."""
-    from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     run = new_agent_run(servers, name, producer)
     latencies: list[float] = []
@@ -168,8 +168,22 @@ def measure_latency(servers: BenchServers, name: str, producer: str, seconds: fl
         consumer = Consumer({"bootstrap.servers": servers.kafka.bootstrap,
                              "group.id": f"bench-{name}", "enable.auto.commit": False,
                              "fetch.wait.max.ms": 5})
-        consumer.assign([TopicPartition(transactions_topic(run.kafka["topic_prefix"]), 0,
-                                        OFFSET_END)])
+        # Start at the topic's current end as a concrete offset: the logical
+        # OFFSET_END is resolved only at the first fetch, which came after the
+        # first ~0.5 s of the load, so those transactions were never seen and
+        # counted as infinitely late.
+        # (The consumer may not know the topic yet: ask until it does.)
+        partition = TopicPartition(transactions_topic(run.kafka["topic_prefix"]), 0)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                _low, high = consumer.get_watermark_offsets(partition, timeout=10)
+                break
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        consumer.assign([TopicPartition(partition.topic, 0, high)])
 
         def consume() -> None:
             while not stop.is_set():
