@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ class CountingStore:
         self._cache: tempfile.TemporaryDirectory[str] | None = None
         self._kept: set[str] = set()
         self._suffix = ".seg"
+        self._lock = threading.Lock()
 
     def keep(self, suffix: str = ".seg") -> None:
         """From now on, keep a local copy of every fetched object whose key ends so."""
@@ -53,13 +55,17 @@ class CountingStore:
         return Path(self._cache.name) / hashlib.sha256(key.encode()).hexdigest()
 
     def _counted(self, key: str, data: bytes) -> bytes:
+        with self._lock:  # index lookups run on several threads
+            self._count(key, data)
+        return data
+
+    def _count(self, key: str, data: bytes) -> None:
         if key.startswith(CATALOG_PREFIX):
             self.count.catalog_objects += 1
             self.count.catalog_bytes += len(data)
         else:
             self.count.objects += 1
             self.count.bytes += len(data)
-        return data
 
     def create(self, key: str, data: bytes) -> None:
         self.inner.create(key, data)

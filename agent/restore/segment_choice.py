@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from agent.archive.catalog import CatalogEntry
@@ -41,6 +42,8 @@ from agent.restore.candidates import INDEX_HASH_BYTES, Candidates
 from agent.restore.entity import Link
 
 log = logging.getLogger(__name__)
+
+_LOOKUP_THREADS = 16  # concurrent index lookups (I/O bound: range reads)
 
 
 @dataclass
@@ -115,6 +118,14 @@ class SegmentChooser:
                 out[i] = "link columns not indexed"
         return out
 
+    def _ask(self, entries: list[CatalogEntry], wanted: set[bytes]) -> list[bool]:
+        """_holds_any for each entry, a few at a time: each lookup is two or three
+        small range reads, so on S3 it is round trips, not bytes, that cost."""
+        if len(entries) < 2:
+            return [self._holds_any(e, wanted) for e in entries]
+        with ThreadPoolExecutor(max_workers=_LOOKUP_THREADS) as pool:
+            return list(pool.map(lambda e: self._holds_any(e, wanted), entries))
+
     def _holds_any(self, e: CatalogEntry, wanted: set[bytes]) -> bool:
         """Whether the segment's index holds one of the wanted hashes."""
         key = e.body["index_object"]
@@ -151,14 +162,20 @@ class SegmentChooser:
         while True:
             choice.rounds += 1
             if wanted:
-                for i, p in enumerate(parts):
-                    if i not in parts_selected and self._holds_any(p, wanted):
+                ask_parts = [i for i in range(len(parts)) if i not in parts_selected]
+                ask_segs = [
+                    i
+                    for i, e in enumerate(segs)
+                    if i not in selected and self.scope & set(e.body.get("tables") or ())
+                ]
+                asked = [parts[i] for i in ask_parts] + [segs[i] for i in ask_segs]
+                hits = self._ask(asked, wanted)
+                for i, hit in zip(ask_parts, hits[: len(ask_parts)], strict=True):
+                    if hit:
                         parts_selected.add(i)
                         reasons["snapshot index"] = reasons.get("snapshot index", 0) + 1
-                for i, e in enumerate(segs):
-                    if i in selected or not self.scope & set(e.body.get("tables") or ()):
-                        continue
-                    if self._holds_any(e, wanted):
+                for i, hit in zip(ask_segs, hits[len(ask_parts) :], strict=True):
+                    if hit:
                         selected.add(i)
                         reasons["index"] = reasons.get("index", 0) + 1
             pending_parts = sorted(parts_selected - parts_read)
