@@ -177,6 +177,9 @@ def measure_latency(servers: BenchServers, name: str, producer: str, seconds: fl
         deadline = time.monotonic() + 60
         while True:
             try:
+                # A metadata request for the topic: librdkafka does not refresh
+                # an unknown topic's metadata for get_watermark_offsets alone.
+                consumer.list_topics(partition.topic, timeout=5)
                 _low, high = consumer.get_watermark_offsets(partition, timeout=10)
                 break
             except KafkaException:

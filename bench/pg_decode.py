@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from agent.events import Position, Transaction
@@ -55,7 +56,16 @@ def create_slot(pg: PostgresServer, dbname: str, slot: str) -> str:
 
 
 def drop_slot(pg: PostgresServer, dbname: str, slot: str) -> None:
-    pg.execute("SELECT pg_drop_replication_slot(%s)", dbname, params=(slot,))
+    # The consumer's walsender may still be exiting after the client closed.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            pg.execute("SELECT pg_drop_replication_slot(%s)", dbname, params=(slot,))
+            return
+        except psycopg.errors.ObjectInUse:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 class WalsenderCpu:

@@ -151,11 +151,28 @@ class Bench:
         self.notes["archive_bytes_per_change"] = (
             "archive growth during the capture runs (segments + catalog) / changes")
 
+    def repeated(self, one_run: Callable[[], dict[str, float | None]]) -> None:
+        """Run a phase `plan.repeats` times; each key gets the median of its runs
+        (a run's null, e.g. a failed restore, is left out; all null: null)."""
+        samples: dict[str, list[float]] = {}
+        for i in range(self.plan.repeats):
+            for key, value in one_run().items():
+                samples.setdefault(key, [])
+                if value is not None:
+                    samples[key].append(value)
+            log.info("   run %d of %d done", i + 1, self.plan.repeats)
+        for key, xs in samples.items():
+            if xs:
+                self.median_of(key, xs)
+            else:
+                self.values.setdefault(key, None)
+
     def latency(self) -> None:
+        self.repeated(self._latency_run)
+
+    def _latency_run(self) -> dict[str, float | None]:
         run = capture.measure_latency(self.servers, self.name("lat"), FAST, self.plan.latency_s,
                                       drain_s=self.plan.latency_drain_s)
-        self.values["p50_latency_ms"] = run.percentile(0.50)
-        self.values["p99_latency_ms"] = run.percentile(0.99)
         self.notes["p50_latency_ms"] = self.notes["p99_latency_ms"] = (
             f"confluent-kafka; {run.committed} transactions of 100 changes committed in "
             f"{run.seconds:.0f} s ({run.rate_rows_per_s:,.0f} rows/s offered), "
@@ -163,9 +180,14 @@ class Bench:
             f"{self.plan.latency_drain_s:.0f} s after the load; latency = consumer receive "
             "time - record timestamp (commit time): an upper bound of commit -> ack; "
             "transactions not seen count as infinitely late (null when a percentile is one)")
+        return {"p50_latency_ms": run.percentile(0.50), "p99_latency_ms": run.percentile(0.99)}
 
     def big_transaction(self) -> None:
+        self.repeated(self._big_run)
+
+    def _big_run(self) -> dict[str, float | None]:
         rows = self.plan.big_tx_rows
+        values: dict[str, float | None] = {}
         run = new_agent_run(self.servers, self.name("big"), FAST)
         try:
             run.start()
@@ -174,7 +196,7 @@ class Bench:
                 workload.insert_one_transaction(conn, 1, rows)
                 end = workload.current_lsn(conn)
             finished = wait_checkpoint(run, end, timeout=3600, poll=0.2)
-            self.values["peak_rss_mb"] = peak_rss_mb(run.pid)
+            values["peak_rss_mb"] = peak_rss_mb(run.pid)
             self.notes["peak_rss_mb"] = (
                 f"VmHWM of `changevault run` (confluent-kafka) through one transaction of "
                 f"{rows:,} inserts, captured in {finished - started:.0f} s "
@@ -182,18 +204,22 @@ class Bench:
             run.stop()
             result = RestoreResult()
             measure_restore(self.servers, run, rows, end, result)
-            self.values.update(result.values)
+            values.update(result.values)
             self.notes.update(result.notes)
             self.notes["copy_rows_per_s"] = (
                 f"psql \\copy FROM a CSV of the same {rows:,} rows into an identical table "
                 "(primary key) in a new schema")
         finally:
             drop_agent_run(self.servers, run)
+        return values
 
     def mysql(self) -> None:
+        self.repeated(self._mysql_run)
+
+    def _mysql_run(self) -> dict[str, float | None]:
         values, notes = measure_mysql_capture(self.servers, self.plan.mode == "quick")
-        self.values.update(values)
         self.notes.update(notes)
+        return values
 
 
 def main(argv: list[str] | None = None) -> int:
