@@ -11,6 +11,7 @@ GTID. The figure therefore includes the agent's start (about a second).
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ def measure_mysql_capture(servers: BenchServers, quick: bool,
     rows = 20_000 if quick else 150_000  # changes: twice that (insert + update)
     values: dict[str, float | None] = dict.fromkeys(KEYS)
     notes: dict[str, str] = {}
-    root = servers.workdir / "mysql-capture"
+    root = Path(tempfile.mkdtemp(prefix="mysql-capture-", dir=servers.workdir))  # one per run
     with MariaDBServer(log_dir=servers.workdir / "logs", name="mariadb-bench") as server:
         first = server.execute("SHOW BINARY LOGS")[0][0]
         mysql_decode.create_table(server)
