@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,6 +173,20 @@ def list_entry_keys(store: ObjectStore) -> list[str]:
     return keys
 
 
+def _fetched(
+    store: ObjectStore, keys: list[str], window: int = 64
+) -> Iterator[tuple[str, bytes]]:
+    """(key, bytes) in order, fetched a window at a time on a few threads: on S3
+    each entry is a round trip, and the chain is checked in order anyway."""
+    if len(keys) < 2:
+        yield from ((key, store.get(key)) for key in keys)
+        return
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for i in range(0, len(keys), window):
+            part = keys[i : i + window]
+            yield from zip(part, pool.map(store.get, part), strict=True)
+
+
 def read_chain(
     store: ObjectStore, trusted: Mapping[str, VerifyKey], start_seq: int | None = None
 ) -> Iterator[CatalogEntry]:
@@ -182,11 +197,14 @@ def read_chain(
     once the chain is read.
     """
     prev: CatalogEntry | None = None
-    for key in list_entry_keys(store):
+    keys = [
+        key
+        for key in list_entry_keys(store)
+        if start_seq is None or int(key[len(PREFIX) : -len(".json")]) >= start_seq
+    ]
+    for key, raw in _fetched(store, keys):
         seq = int(key[len(PREFIX) : -len(".json")])
-        if start_seq is not None and seq < start_seq:
-            continue
-        entry = open_entry(store.get(key), trusted, key)
+        entry = open_entry(raw, trusted, key)
         if entry.seq != seq:
             raise IntegrityError(f"{key}: holds entry {entry.seq} (moved or replayed)")
         if prev is not None:
