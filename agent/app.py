@@ -83,9 +83,8 @@ def source_id(settings: Settings) -> str:
 class _MetricsObserver:
     """PipelineObserver that feeds the Prometheus metrics."""
 
-    def __init__(self, metrics: Metrics, sink_names: list[str], up: dict[str, bool]) -> None:
+    def __init__(self, metrics: Metrics, up: dict[str, bool]) -> None:
         self.metrics = metrics
-        self.sink_names = sink_names
         self.up = up  # read live by changevault_sink_up and /readyz
 
     def transaction_done(self, counts: dict[tuple[str, str], int]) -> None:
@@ -101,10 +100,9 @@ class _MetricsObserver:
     def sink_error(self, sink: str) -> None:
         self.metrics.count_sink_error(sink)
 
-    def durable(self, d: Durable, latencies: list[float]) -> None:
-        for sink in self.sink_names:
-            for seconds in latencies:
-                self.metrics.observe_sink_latency(sink, seconds)
+    def sink_durable(self, sink: str, latencies: list[float]) -> None:
+        for seconds in latencies:
+            self.metrics.observe_sink_latency(sink, seconds)
 
 
 class App:
@@ -291,7 +289,7 @@ class App:
                 self.encoder,
                 self._save_checkpoint,
                 self._pipeline_stop,
-                observer=_MetricsObserver(self.metrics, [s.name for s in sinks], self._sinks_up),
+                observer=_MetricsObserver(self.metrics, self._sinks_up),
                 hasher=self.hasher,
             )
             self.pipeline = pipeline

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,10 +38,20 @@ class AckTracker:
     `complete(sink, index)` by each sink when a transaction is durable there
     (any order, any thread). Heartbeats need no sink: they become durable as
     soon as everything before them is.
+
+    `on_sink_durable(sink, seconds)` hears, for each transaction as it becomes
+    durable in one sink, the seconds from its commit until then: the per-sink
+    latency (Kafka acks in milliseconds while the archive waits for its
+    segment to close). Called outside the lock, from the completing thread.
     """
 
-    def __init__(self, sinks: Iterable[str]) -> None:
+    def __init__(
+        self,
+        sinks: Iterable[str],
+        on_sink_durable: Callable[[str, list[float]], None] | None = None,
+    ) -> None:
         self._sinks = tuple(sinks)
+        self._on_sink_durable = on_sink_durable
         self._lock = threading.Lock()
         # (index, position, commit_ts or None for heartbeats), in source order.
         self._pending: deque[tuple[int, Position, datetime | None]] = deque()
@@ -57,20 +67,37 @@ class AckTracker:
             self._advance()
 
     def complete(self, sink: str, index: int) -> None:
+        commits: list[datetime] = []
         with self._lock:
-            self._done[sink].add(index)
+            done = self._done[sink]
+            if index not in done:
+                for idx, _pos, ts in self._pending:
+                    if idx == index:
+                        if ts is not None:
+                            commits.append(ts)
+                        break
+            done.add(index)
             self._advance()
+        self._report(sink, commits)
 
     def complete_through(self, sink: str, index: int) -> None:
         """Every registered transaction up to `index` is durable in `sink`."""
+        commits: list[datetime] = []
         with self._lock:
             done = self._done[sink]
             for idx, _pos, ts in self._pending:
                 if idx > index:
                     break
-                if ts is not None:
+                if ts is not None and idx not in done:
                     done.add(idx)
+                    commits.append(ts)
             self._advance()
+        self._report(sink, commits)
+
+    def _report(self, sink: str, commits: list[datetime]) -> None:
+        if self._on_sink_durable is not None and commits:
+            now = time.time()
+            self._on_sink_durable(sink, [now - ts.timestamp() for ts in commits])
 
     def _advance(self) -> None:
         moved = False

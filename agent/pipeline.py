@@ -17,7 +17,6 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,8 +45,9 @@ class PipelineObserver(Protocol):
 
     def sink_error(self, sink: str) -> None: ...
 
-    def durable(self, d: Durable, latencies: list[float]) -> None:
-        """`d` is confirmed; `latencies`: commit -> durable seconds of each newly durable tx."""
+    def sink_durable(self, sink: str, latencies: list[float]) -> None:
+        """Commit -> durable-in-`sink` seconds of each transaction newly durable there
+        (any thread)."""
 
 
 class NullObserver:
@@ -60,7 +60,7 @@ class NullObserver:
     def sink_error(self, sink: str) -> None:
         pass
 
-    def durable(self, d: Durable, latencies: list[float]) -> None:
+    def sink_durable(self, sink: str, latencies: list[float]) -> None:
         pass
 
 
@@ -139,17 +139,16 @@ class Pipeline:
         # The row key (HMAC) is computed here once per event for every sink
         # that needs it (Kafka message key, archive index), not once per sink.
         self.hasher = hasher
-        self.tracker = AckTracker(s.name for s in self.sinks)
         self._confirm = confirm
         self._stop = stop
         self._failed = threading.Event()
         self.observer: PipelineObserver = observer or NullObserver()
+        self.tracker = AckTracker((s.name for s in self.sinks), self.observer.sink_durable)
         self.options = options or PipelineOptions()
         self._next_index = first_index
         self._batch: list[SinkItem] = []
         self._confirmed: Durable | None = None
         self._last_confirm = 0.0
-        self._commit_wall: deque[tuple[int, float]] = deque()
         self.last_progress = time.monotonic()
         self.streaming = False
 
@@ -221,7 +220,6 @@ class Pipeline:
         per_table: dict[str, int] = {}
         for (table, _op), n in counts.items():
             per_table[table] = per_table.get(table, 0) + n
-        self._commit_wall.append((idx, tx.commit_ts.timestamp()))
         self.tracker.register(idx, tx.position, tx.commit_ts)
         self._put(TxEnd(idx, tx.position, tx.commit_ts, per_table), workers)
         self._send_batch(workers)
@@ -293,14 +291,9 @@ class Pipeline:
         durable = self.tracker.durable
         if durable is None or durable == self._confirmed:
             return
-        wall = time.time()
-        latencies: list[float] = []
-        while self._commit_wall and self._commit_wall[0][0] <= durable.index:
-            latencies.append(wall - self._commit_wall.popleft()[1])
         self._confirm(durable)
         self.source.confirm(durable.position)
         self._confirmed = durable
-        self.observer.durable(durable, latencies)
 
     def _drain(self, workers: list[_SinkWorker]) -> None:
         for w in workers:

@@ -14,6 +14,7 @@ from psycopg import sql
 from bench import workload
 from bench.servers import BenchServers
 from tests.e2e.agent_process import AgentProcess, make_keys, write_config
+from tests.servers.processes import free_port
 
 log = logging.getLogger("bench")
 
@@ -30,6 +31,7 @@ class AgentRun:
     archive: Path
     keys: dict[str, Path]
     kafka: dict[str, Any]
+    metrics_port: int
     process: AgentProcess | None = None
 
     def start(self, timeout: float = 120) -> None:
@@ -59,13 +61,16 @@ def new_agent_run(servers: BenchServers, name: str, producer: str) -> AgentRun:
     keys = make_keys(root / "keys")
     kafka = {"bootstrap_servers": [servers.kafka.bootstrap], "topic_prefix": f"bench_{name}",
              "replication_factor": 1, "min_insync_replicas": 1, "producer": producer}
+    port = free_port()
     config = write_config(
         root / "cv.yaml",
         source={"type": "postgres", "dsn": dsn, "slot": f"cv_{name}", "publication": f"cv_{name}",
                 "tables": [f"public.{workload.TABLE}"]},
         archive_url=(root / "archive").as_uri(), keys=keys, state_dir=root / "state", kafka=kafka,
+        extra={"metrics_listen": f"127.0.0.1:{port}"},
     )
-    return AgentRun(name, dbname, dsn, config, root / "state", root / "archive", keys, kafka)
+    return AgentRun(name, dbname, dsn, config, root / "state", root / "archive", keys, kafka,
+                    port)
 
 
 def drop_agent_run(servers: BenchServers, run: AgentRun) -> None:

@@ -3,6 +3,7 @@ the producer ceiling, commit -> Kafka latency and peak RSS through one big trans
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from agent.settings import KafkaSettings
-from bench import workload
+from bench import histogram, workload
 from bench.agent_runs import (
     AgentRun,
     dir_bytes,
@@ -125,6 +126,11 @@ def producer_ceiling(servers: BenchServers, producer: str, messages: int, value_
         prod.close(10)
 
 
+def _kafka_ack_buckets(run: AgentRun) -> dict[float, float]:
+    return histogram.scrape_buckets(run.metrics_port, "changevault_sink_latency_seconds",
+                                    'sink="kafka"')
+
+
 class _CountingTracker:
     def __init__(self) -> None:
         self.delivered_count = 0
@@ -142,10 +148,19 @@ class LatencyRun:
     rate_rows_per_s: float
     seconds: float
     committed: int
-    latencies_ms: list[float]
+    latencies_ms: list[float]  # consumer-seen, one per transaction record received
+    ack_buckets: dict[float, float]  # the agent's commit -> Kafka-ack histogram, this load only
 
     def percentile(self, q: float) -> float | None:
-        """Over every committed transaction; one never seen is infinitely late (None)."""
+        """Commit -> Kafka ack in ms, from the agent's own histogram
+        (changevault_sink_latency_seconds{sink="kafka"}), over every committed
+        transaction; one never acknowledged is infinitely late (None)."""
+        seconds = histogram.quantile(q, self.ack_buckets, self.committed)
+        return None if seconds is None else seconds * 1000
+
+    def seen_percentile(self, q: float) -> float | None:
+        """Commit -> seen by a consumer, ms: adds the broker's fetch path (tansu's
+        grows with the topic) to the ack."""
         if not self.committed:
             return None
         rank = min(self.committed - 1, int(q * self.committed))
@@ -155,9 +170,10 @@ class LatencyRun:
 
 def measure_latency(servers: BenchServers, name: str, producer: str, seconds: float,
                     rows_per_s: int = 10_000, drain_s: float = 30) -> LatencyRun:
-    """Commit mixed 100-row transactions at a steady rate; latency = when a consumer sees
-    the transaction's record on <prefix>.transactions minus its commit time (the record
-    timestamp), an upper bound of commit -> Kafka ack (ms resolution)."""
+    """Commit mixed 100-row transactions at a steady rate. Commit -> Kafka ack comes
+    from the agent's own per-sink histogram (what an operator's histogram_quantile
+    sees); beside it a consumer on <prefix>.transactions records when it sees each
+    transaction's record minus its commit time (the record timestamp)."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     run = new_agent_run(servers, name, producer)
@@ -198,6 +214,7 @@ def measure_latency(servers: BenchServers, name: str, producer: str, seconds: fl
         reader = threading.Thread(target=consume, daemon=True)
         reader.start()
         time.sleep(1.0)  # the consumer has its position before the first commit
+        acks_before = _kafka_ack_buckets(run)
         interval = workload.ROWS_PER_TX / rows_per_s
         with servers.pg.connect(run.dbname) as conn:
             started = time.monotonic()
@@ -212,12 +229,15 @@ def measure_latency(servers: BenchServers, name: str, producer: str, seconds: fl
             end = workload.current_lsn(conn)
         del end  # an agent that cannot keep up is not waited for beyond drain_s
         deadline = time.monotonic() + drain_s
-        while len(latencies) < tx and time.monotonic() < deadline:
-            time.sleep(0.1)
+        while time.monotonic() < deadline:
+            acks = histogram.delta(_kafka_ack_buckets(run), acks_before)
+            if len(latencies) >= tx and acks[math.inf] >= tx:
+                break
+            time.sleep(0.2)
         stop.set()
         reader.join()
         consumer.close()
-        return LatencyRun(tx * workload.ROWS_PER_TX / elapsed, elapsed, tx, latencies)
+        return LatencyRun(tx * workload.ROWS_PER_TX / elapsed, elapsed, tx, latencies, acks)
     finally:
         stop.set()
         drop_agent_run(servers, run)

@@ -136,3 +136,28 @@ def test_failed_write_keeps_the_old_checkpoint(tmp_path: Path) -> None:
     finally:
         os.chmod(tmp_path, 0o700)
     assert store.load("s") == old
+
+
+def test_each_sink_hears_its_own_commit_to_durable_latency() -> None:
+    heard: list[tuple[str, int]] = []
+    t = AckTracker(["kafka", "archive"], lambda sink, xs: heard.extend((sink, len(xs)) for _ in xs))
+    now = datetime.now(UTC)
+    t.register(1, pos(10), now)
+    t.register(2, pos(15), None)  # a heartbeat has no commit: no latency
+    t.register(3, pos(30), now)
+    t.complete_through("kafka", 3)
+    assert heard == [("kafka", 2), ("kafka", 2)]
+    t.complete_through("kafka", 3)  # told again: nothing new to report
+    t.complete("archive", 1)
+    assert heard[2:] == [("archive", 1)]
+    t.complete_through("archive", 3)
+    assert heard[3:] == [("archive", 1)]
+    assert t.durable is not None and t.durable.index == 3
+
+
+def test_latency_is_seconds_since_commit() -> None:
+    seconds: list[float] = []
+    t = AckTracker(["kafka"], lambda _sink, xs: seconds.extend(xs))
+    t.register(1, pos(10), datetime.fromtimestamp(datetime.now(UTC).timestamp() - 2.0, UTC))
+    t.complete("kafka", 1)
+    assert len(seconds) == 1 and 1.9 < seconds[0] < 5.0
