@@ -1,21 +1,27 @@
 """The change-event envelope of CONTRACT.md, encoded once per event.
 
 Values arrive already converted to JSON-compatible Python values by the source
-connector (decimal strings, ISO timestamps, base64 bytes). On the hot path the
-parts that repeat — the source block of a transaction, the schema and table —
-are encoded once and cached, and one call of the C JSON encoder writes the
-event's own part (key, before, after, unchanged). The text is byte for byte
-what `json.dumps` of the whole document with `_ENCODER`'s options gives.
+connector (decimal strings, ISO timestamps, base64 bytes, non-finite floats as
+strings). On the hot path the parts that repeat — the source block of a
+transaction, the schema and table — are encoded once and cached, and one call
+of orjson writes the event's own part (key, before, after, unchanged): the
+stdlib's C encoder took ~7 us for a typical row, a third of the capture
+thread's budget at 10k rows/s; orjson takes ~0.4 us. The document is the one
+`json.dumps` of the whole envelope gives; only float spelling may differ
+(orjson writes 1e-7 where json.dumps writes 1e-07: the same number).
 """
 
 from __future__ import annotations
 
 import json
 import json.encoder
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
+
+import orjson
 
 from agent.events import ChangeEvent, Position, event_id
 
@@ -27,23 +33,23 @@ _quote: Final[Callable[[str], str]] = json.encoder.encode_basestring
 _MAX_CACHED_HEADS: Final = 8
 
 
-def _value_encoder() -> Callable[[Any], str]:
-    """`_ENCODER.encode` without its per-call cost: JSONEncoder.encode builds a new C
-    encoder for every document; this builds one. markers=None skips circular-reference
-    bookkeeping (decoded values are trees), which also keeps the encoder stateless,
-    so threads may share it."""
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # no C accelerator: the pure-Python path gives the same text
-        return _ENCODER.encode
-    encoder = make(None, _ENCODER.default, _quote, None, ":", ",", False, False, False)
-
-    def encode(value: Any) -> str:
-        return "".join(encoder(value, 0))
-
-    return encode
+def _encode_value(value: Any) -> bytes:
+    """Compact UTF-8 JSON. orjson refuses integers beyond 64 bits (a jsonb or JSON
+    column may hold one) and non-string keys: those take the stdlib's path."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return _ENCODER.encode(value).encode("utf-8")
 
 
-_encode_value: Final = _value_encoder()
+def _refuse_non_finite(row: Mapping[str, Any] | None) -> None:
+    """orjson would write NaN or an infinity as null, silently: the sources
+    spell them as strings, so one here is a bug to stop at, not data to alter.
+    (Nested JSON values cannot hold one: PostgreSQL and MySQL JSON refuse NaN.)"""
+    if row:
+        for v in row.values():
+            if v.__class__ is float and not math.isfinite(v):
+                raise ValueError(f"non-finite float {v!r} in an event: sources send it as text")
 
 
 def format_ts(ts: datetime) -> str:
@@ -56,11 +62,11 @@ class EnvelopeEncoder:
     connector: str
     database: str
     # (position text, txid, commit_ts) -> the transaction's fragments, see _head
-    _heads: dict[tuple[str, str, str], tuple[str, str, str, str]] = field(
+    _heads: dict[tuple[str, str, str], tuple[bytes, bytes, bytes, str]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
     # (op, schema, table) -> `","op":…,"table":…`
-    _tables: dict[tuple[str, str, str], str] = field(
+    _tables: dict[tuple[str, str, str], bytes] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -75,13 +81,20 @@ class EnvelopeEncoder:
         middle = self._tables.get((ev.op, ev.schema, ev.table))
         if middle is None:
             middle = self._table(ev.op, ev.schema, ev.table)
+        before, after = ev.before, ev.after
+        _refuse_non_finite(before)
+        _refuse_non_finite(after)
         tail = _encode_value(
-            {"key": ev.key, "before": ev.before, "after": ev.after, "unchanged": list(ev.unchanged)}
+            {"key": ev.key, "before": before, "after": after, "unchanged": list(ev.unchanged)}
         )
-        text = f"{head[0]}{seq}{middle}{head[1]}{seq}{head[2]}{ev.schema_version}}},{tail[1:]}"
-        return f"{head[3]}{seq}", text.encode("utf-8")
+        data = b"%b%d%b%b%d%b%d},%b" % (
+            head[0], seq, middle, head[1], seq, head[2], ev.schema_version, tail[1:]
+        )
+        return f"{head[3]}{seq}", data
 
-    def _head(self, position: Position, txid: str, commit_ts: str) -> tuple[str, str, str, str]:
+    def _head(
+        self, position: Position, txid: str, commit_ts: str
+    ) -> tuple[bytes, bytes, bytes, str]:
         """`{"id":"<id without seq>`, `,"position":…,"seq":`, `,"commit_ts":…,"schema_version":`,
         and the event id without its seq."""
         eid_prefix = event_id(self.connector, self.database, position, 0)[:-1]
@@ -89,9 +102,9 @@ class EnvelopeEncoder:
             raise AssertionError("event_id() no longer ends with the seq; update EnvelopeEncoder")
         position_txid = f',"position":{_quote(position.text)},"txid":{_quote(txid)},"seq":'
         head = (
-            '{"id":' + _quote(eid_prefix)[:-1],
-            position_txid,
-            f',"commit_ts":{_quote(commit_ts)},"schema_version":',
+            ('{"id":' + _quote(eid_prefix)[:-1]).encode("utf-8"),
+            position_txid.encode("utf-8"),
+            f',"commit_ts":{_quote(commit_ts)},"schema_version":'.encode(),
             eid_prefix,
         )
         if len(self._heads) >= _MAX_CACHED_HEADS:
@@ -99,12 +112,12 @@ class EnvelopeEncoder:
         self._heads[(position.text, txid, commit_ts)] = head
         return head
 
-    def _table(self, op: str, schema: str, table: str) -> str:
+    def _table(self, op: str, schema: str, table: str) -> bytes:
         middle = (
             f'","op":{_quote(op)},"source":{{"connector":{_quote(self.connector)},'
             f'"database":{_quote(self.database)},"schema":{_quote(schema)},'
             f'"table":{_quote(table)}'
-        )
+        ).encode()
         self._tables[(op, schema, table)] = middle
         return middle
 
