@@ -21,25 +21,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import orjson
-
+from agent import fastjson
 from agent.events import ChangeEvent, Position, event_id
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-# A JSON string literal, as _ENCODER writes one (ensure_ascii=False).
+# A JSON string literal, as the stdlib writes one with ensure_ascii=False.
 _quote: Final[Callable[[str], str]] = json.encoder.encode_basestring
 # Cached per-transaction heads kept per encoder; a few cover the snapshot writer
 # and the pipeline encoding at the same time.
 _MAX_CACHED_HEADS: Final = 8
-
-
-def _encode_value(value: Any) -> bytes:
-    """Compact UTF-8 JSON. orjson refuses integers beyond 64 bits (a jsonb or JSON
-    column may hold one) and non-string keys: those take the stdlib's path."""
-    try:
-        return orjson.dumps(value)
-    except orjson.JSONEncodeError:
-        return _ENCODER.encode(value).encode("utf-8")
 
 
 def _refuse_non_finite(row: Mapping[str, Any] | None) -> None:
@@ -84,7 +73,7 @@ class EnvelopeEncoder:
         before, after = ev.before, ev.after
         _refuse_non_finite(before)
         _refuse_non_finite(after)
-        tail = _encode_value(
+        tail = fastjson.dumps(
             {"key": ev.key, "before": before, "after": after, "unchanged": list(ev.unchanged)}
         )
         data = b"%b%d%b%b%d%b%d},%b" % (
@@ -123,7 +112,7 @@ class EnvelopeEncoder:
 
 
 def decode_envelope(data: bytes) -> dict[str, Any]:
-    doc = json.loads(data)
+    doc = fastjson.loads(data)
     if not isinstance(doc, dict) or "id" not in doc or "source" not in doc:
         from agent.errors import DecodeError
 

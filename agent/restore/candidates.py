@@ -17,9 +17,9 @@ from typing import Any
 
 from agent.crypto.keyhash import KeyHasher
 from agent.restore.entity import EntityRoot, Link
+from agent.restore.fold import key_json
 from agent.restore.shapes import Shapes
 
-_DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _MISSING = object()
 INDEX_HASH_BYTES = 8  # as agent.archive.sink writes them
 
@@ -64,7 +64,7 @@ class Candidates:
         pk = {c: _get(row, shape.names_of(c)) for c in shape.key}
         if any(v is _MISSING for v in pk.values()):
             return
-        key = _DUMPS(list(pk.values()))
+        key = key_json(list(pk.values()))
         self.keys[table].setdefault(key, pk)
         if is_root:
             self.found[table].add(key)
@@ -72,11 +72,11 @@ class Candidates:
             if ln.child == table:
                 vals = [_get(row, shape.names_of(c)) for c in ln.columns]
                 if all(v is not _MISSING and v is not None for v in vals):
-                    self._pointing[ln][_DUMPS(vals)].add(key)
+                    self._pointing[ln][key_json(vals)].add(key)
             if ln.parent == table:
                 vals = [_get(row, shape.names_of(c)) for c in ln.ref_columns]
                 if all(v is not _MISSING and v is not None for v in vals):
-                    self._refs[ln][key].add(_DUMPS(vals))
+                    self._refs[ln][key].add(key_json(vals))
 
     def propagate(self) -> None:
         changed = True

@@ -10,7 +10,6 @@ not at all: replay decides to stop only between transactions.
 
 from __future__ import annotations
 
-import json
 import logging
 import marshal
 import sqlite3
@@ -21,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from agent import fastjson
 from agent.archive.catalog import CatalogEntry
 from agent.archive.reader import ArchiveReader, snapshot_envelopes
 from agent.errors import UsageError
@@ -31,12 +31,13 @@ from agent.restore.target import Target
 
 log = logging.getLogger(__name__)
 
-_DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _BATCH = 20_000  # rows per executemany for snapshot rows; events per SQLite commit
 
 
 def key_json(values: list[Any]) -> str:
-    return _DUMPS(values)
+    """The canonical text of a primary key: the fold's, the entity candidates' and
+    in-place compare's keys must be spelled alike (floats!), so all use this."""
+    return fastjson.dumps_text(values)
 
 
 @dataclass
@@ -216,7 +217,7 @@ class Fold:
         pending: dict[int, list[tuple[str, bytes]]] = {}
         tables = None if self.wanted is None else set(self.wanted)
         for env in snapshot_envelopes(reader, plan.snapshot, tables, parts):
-            doc = json.loads(env)
+            doc = fastjson.loads(env)
             src = doc["source"]
             shape = self.shapes.get(f"{src['schema']}.{src['table']}")
             if shape is None:
@@ -251,7 +252,7 @@ class Fold:
             self.store.rekey(self.store.table_id(change.table), shape)
 
     def event(self, env: bytes) -> None:
-        doc = json.loads(env)
+        doc = fastjson.loads(env)
         src = doc["source"]
         name = f"{src['schema']}.{src['table']}"
         if not self.in_scope(name):

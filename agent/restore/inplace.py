@@ -19,6 +19,7 @@ from agent.errors import IntegrityError, UsageError
 from agent.events import TableSchema
 from agent.restore.checksum import TableChecksum, checksum_of
 from agent.restore.entity import EntityRoot, Link
+from agent.restore.fold import key_json
 from connectors.base import Applier, RowChanges, RowMatch
 
 _DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
@@ -41,7 +42,7 @@ class TableDiff:
 
 def key_of(table: TableSchema, values: list[Any]) -> str:
     names = table.column_names
-    return _DUMPS([values[names.index(c)] for c in table.primary_key])
+    return key_json([values[names.index(c)] for c in table.primary_key])
 
 
 def parents_first(tables: list[TableSchema]) -> list[TableSchema]:
@@ -130,7 +131,8 @@ def current_rows(
             if not all(c in names for c in ln.ref_columns):
                 continue
             refs = {
-                _DUMPS([v[names.index(c)] for c in ln.ref_columns]) for v in out[ln.parent].values()
+                key_json([v[names.index(c)] for c in ln.ref_columns])
+                for v in out[ln.parent].values()
             }
             values = [json.loads(r) for r in refs if None not in json.loads(r)]
             if values and take(child, RowMatch(ln.columns, values)):

@@ -55,6 +55,16 @@ def test_unchanged_columns_keep_their_previous_value_across_a_key_change(fold: F
     assert rows(fold) == [{"id": 7, "a": "z", "b": "big-toast"}]
 
 
+def test_keys_and_values_beyond_64_bits_stay_exact(fold: Fold) -> None:
+    # numeric keys arrive as strings, but a json column or a MySQL BIGINT UNSIGNED
+    # near 2**64 is a JSON number: parsed as a float it would merge or alter rows.
+    big = 2**64 - 1
+    fold.event(env("c", key={"id": big}, after={"id": big, "a": str(2**70), "b": None}))
+    fold.event(env("c", key={"id": big - 1}, after={"id": big - 1, "a": "other", "b": None}))
+    fold.event(env("u", key={"id": big}, before={"id": big}, after={"id": big, "a": "x", "b": "y"}))
+    assert rows(fold) == [{"id": big - 1, "a": "other", "b": None}, {"id": big, "a": "x", "b": "y"}]
+
+
 def test_truncate_empties_only_that_table(fold: Fold) -> None:
     other = TableSchema("public", "o", (Column("id", "int", False),), ("id",))
     fold.shapes.by_name[other.qualified] = TableShape(other, other.primary_key)
