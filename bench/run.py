@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     meta["workloads"] = WORKLOADS
     meta["profile_what"] = {
         "agent": f"py-spy on `changevault run` (confluent-kafka) during the first capture run "
-                 f"({plan.capture_tx * workload.ROWS_PER_TX:,} mixed changes), every thread, sampled while it held the GIL",
+                 f"({plan.capture_tx * workload.ROWS_PER_TX:,} mixed changes), every thread, "
+                 "sampled while it held the GIL",
         "decode": f"cProfile of PostgresSource decoding {plan.profile_tx * workload.ROWS_PER_TX:,}"
                   " mixed changes (replication read + pgoutput + typed values + ChangeEvent), "
                   "in-process, by own time"}
