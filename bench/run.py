@@ -45,8 +45,8 @@ class Plan:
     big_tx_rows: int
 
 
-QUICK = Plan("quick", 1, 300, 100, 500, 50, 50_000, 5_000, 6, 10, 200_000)
-FULL = Plan("full", 3, 10_000, 1_000, 10_000, 300, 200_000, 20_000, 60, 30, 1_000_000)
+QUICK = Plan("quick", 1, 300, 100, 500, 50, 50_000, 10_000, 6, 10, 200_000)
+FULL = Plan("full", 3, 10_000, 1_000, 10_000, 300, 200_000, 100_000, 60, 30, 1_000_000)
 
 
 class Bench:
@@ -127,28 +127,42 @@ class Bench:
             f"confluent-kafka backend, {runs[0].changes:,} changes per run, timed from the "
             f"first commit to the checkpoint (Kafka acked + archive durable) passing the last; "
             f"mean sealed Kafka value {value_size} bytes")
+        recvlogical = self.values.get("pg_recvlogical_rows_per_s")
+        # The issues' peer: raw kafka-python producing pre-sealed-size messages.
         ceiling = self.median_of("producer_ceiling_rows_per_s", [
+            capture.producer_ceiling(self.servers, SLOW, self.plan.ceiling_messages_slow,
+                                     value_size, self.name("ceils"))
+            for _ in range(self.plan.repeats)])
+        self.notes["producer_ceiling_rows_per_s"] = (
+            f"raw kafka-python (the issues' peer), {self.plan.ceiling_messages_slow:,} messages "
+            f"of {value_size} random bytes (like sealed values), one per row, acks=all, "
+            "idempotent, zstd (the default kafka.compression), through the backend's send() with "
+            "one shared delivery callback")
+        self.values["pg_capture_ratio"] = rate / min(ceiling, recvlogical or ceiling)
+        self.notes["pg_capture_ratio"] = (
+            "pg_capture_rows_per_s (confluent-kafka backend) / min(pg_recvlogical, raw "
+            "kafka-python ceiling), as the issues define it; pg_capture_ratio_confluent is the "
+            "stricter like-for-like figure")
+        fast_ceiling = self.median_of("producer_ceiling_rows_per_s_confluent", [
             capture.producer_ceiling(self.servers, FAST, self.plan.ceiling_messages, value_size,
                                      self.name("ceil")) for _ in range(self.plan.repeats)])
-        self.notes["producer_ceiling_rows_per_s"] = (
-            f"confluent-kafka, {self.plan.ceiling_messages:,} messages of {value_size} random "
-            "bytes (like sealed values), one per row, acks=all, idempotent, zstd (the default "
-            "kafka.compression), through the backend's produce() with one shared delivery "
-            "callback")
-        peer = min(ceiling, self.values.get("pg_recvlogical_rows_per_s") or ceiling)
-        self.values["pg_capture_ratio"] = rate / peer
+        self.notes["producer_ceiling_rows_per_s_confluent"] = (
+            f"confluent-kafka (the backend the agent ran), {self.plan.ceiling_messages:,} "
+            f"messages of {value_size} random bytes, same settings, through its produce() with "
+            "one shared delivery callback")
+        self.values["pg_capture_ratio_confluent"] = rate / min(
+            fast_ceiling, recvlogical or fast_ceiling)
+        self.notes["pg_capture_ratio_confluent"] = (
+            "pg_capture_rows_per_s / min(pg_recvlogical, confluent-kafka's own ceiling): "
+            "against the same producer library the agent used")
         slow = capture.measure_capture(self.servers, self.name("caps"), SLOW,
                                        self.plan.capture_tx_slow)
         self.values["pg_capture_rows_per_s_kafka_python"] = slow.rows_per_s
-        slow_ceiling = capture.producer_ceiling(self.servers, SLOW,
-                                                self.plan.ceiling_messages_slow, value_size,
-                                                self.name("ceils"))
-        self.values["producer_ceiling_rows_per_s_kafka_python"] = slow_ceiling
         self.values["pg_capture_ratio_kafka_python"] = slow.rows_per_s / min(
-            slow_ceiling, self.values.get("pg_recvlogical_rows_per_s") or slow_ceiling)
+            ceiling, recvlogical or ceiling)
         self.notes["pg_capture_rows_per_s_kafka_python"] = (
-            f"kafka-python backend, one run of {slow.changes:,} changes; its ceiling "
-            f"{self.plan.ceiling_messages_slow:,} messages")
+            f"the agent with the kafka-python backend, one run of {slow.changes:,} changes; "
+            "ratio against the same peer as pg_capture_ratio")
         self.notes["archive_bytes_per_change"] = (
             "archive growth during the capture runs (segments + catalog) / changes")
 
