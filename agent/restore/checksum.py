@@ -27,12 +27,16 @@ _MOD = 1 << 128
 @dataclass
 class TableChecksum:
     rows: int = 0
-    total: int = 0
+    _sum: int = 0
 
     def add(self, values: Sequence[Any]) -> None:
-        digest = _SHA256(_dumps(values)).digest()
-        self.total = (self.total + int.from_bytes(digest[:16], "big")) % _MOD
+        # Summed unreduced (a big-int add per row); reduced mod 2**128 when read.
+        self._sum += int.from_bytes(_SHA256(_dumps(values)).digest()[:16], "big")
         self.rows += 1
+
+    @property
+    def total(self) -> int:
+        return self._sum % _MOD
 
     def hex(self) -> str:
         return f"{self.total:032x}"

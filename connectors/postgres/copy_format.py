@@ -19,6 +19,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from agent import fastjson
+
 TextValue = Callable[[Any], str | None]
 RowConv = Callable[[bytes], list[Any]]
 
@@ -63,7 +65,9 @@ def _base_converter(type_name: str) -> Callable[[Any], str]:
     t = type_name.lower()
     if t == "bytea":
         return _bytea
-    if t in ("json", "jsonb"):
+    if t == "jsonb":  # re-parsed by the server: compact text, orjson's speed
+        return fastjson.dumps_text
+    if t == "json":  # kept verbatim by the server: PostgreSQL's own spacing
         return _JSON
     if t == "boolean":
         return _bool
