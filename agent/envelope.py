@@ -32,13 +32,33 @@ _MAX_CACHED_HEADS: Final = 8
 
 
 def _refuse_non_finite(row: Mapping[str, Any] | None) -> None:
-    """orjson would write NaN or an infinity as null, silently: the sources
-    spell them as strings, so one here is a bug to stop at, not data to alter.
-    (Nested JSON values cannot hold one: PostgreSQL and MySQL JSON refuse NaN.)"""
+    """orjson would write NaN or an infinity as null, silently. Column values
+    never hold one (the sources spell them as strings), but a json column can:
+    a number beyond the double range (`1e400`, valid JSON) parses as inf. Stop
+    at it rather than alter the data (the walk costs only rows with JSON
+    documents in them)."""
     if row:
         for v in row.values():
-            if v.__class__ is float and not math.isfinite(v):
-                raise ValueError(f"non-finite float {v!r} in an event: sources send it as text")
+            cls = v.__class__
+            if cls is float:
+                if not math.isfinite(v):
+                    raise ValueError(f"non-finite float {v!r} in an event: sources send it as text")
+            elif cls is dict or cls is list:
+                _refuse_nested(v)
+
+
+def _refuse_nested(value: Any) -> None:
+    for v in value.values() if value.__class__ is dict else value:
+        cls = v.__class__
+        if cls is float:
+            if not math.isfinite(v):
+                raise ValueError(
+                    f"a JSON number beyond the double range ({v!r}) in a json value: "
+                    "events carry JSON numbers as doubles, so capture stops rather than "
+                    "write it as null"
+                )
+        elif cls is dict or cls is list:
+            _refuse_nested(v)
 
 
 def format_ts(ts: datetime) -> str:
@@ -71,6 +91,7 @@ class EnvelopeEncoder:
         if middle is None:
             middle = self._table(ev.op, ev.schema, ev.table)
         before, after = ev.before, ev.after
+        _refuse_non_finite(ev.key)
         _refuse_non_finite(before)
         _refuse_non_finite(after)
         tail = fastjson.dumps(

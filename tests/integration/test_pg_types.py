@@ -17,7 +17,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from agent.events import ChangeEvent, TableSchema
+from agent.envelope import EnvelopeEncoder
+from agent.events import ChangeEvent, Position, TableSchema
 from connectors.postgres.pgoutput import PgoutputDecoder
 from connectors.postgres.pgtypes import (
     REPLICATION_SESSION_SETTINGS,
@@ -153,17 +154,19 @@ def loaded(pg_database: Any) -> Iterator[tuple[psycopg.Connection[Any], list[tup
 
 
 def _decode(
-    conn: psycopg.Connection[Any], settings: dict[str, str], peek: bool
+    conn: psycopg.Connection[Any], settings: dict[str, str], peek: bool,
+    slot: str = "types_slot", publication: str = "types_pub",
 ) -> tuple[list[ChangeEvent], list[TableSchema]]:
     _session(conn, settings)
     function = (
         "pg_logical_slot_peek_binary_changes" if peek else "pg_logical_slot_get_binary_changes"
     )
     rows = conn.execute(
-        sql.SQL("SELECT data FROM {}('types_slot', NULL, NULL, {})").format(
+        sql.SQL("SELECT data FROM {}({}, NULL, NULL, {})").format(
             sql.Identifier(function),
+            sql.Literal(slot),
             sql.SQL(", ").join(
-                map(sql.Literal, ["proto_version", "1", "publication_names", "types_pub"])
+                map(sql.Literal, ["proto_version", "1", "publication_names", publication])
             ),
         )
     ).fetchall()
@@ -240,3 +243,20 @@ def test_other_session_styles_give_the_same_values(
         if name == "tstz" and value[0].isdigit():
             assert event.after is not None and event.after[name].endswith("+05:30")
             assert datetime.fromisoformat(event.after[name]) == datetime.fromisoformat(value)
+
+
+def test_a_json_number_beyond_the_double_range_stops_capture_instead_of_becoming_null(
+    pg_database: Any,
+) -> None:
+    # `json` keeps its text, and 1e400 is valid JSON: it parses as inf, which
+    # the envelope's JSON writer would otherwise turn into null.
+    with psycopg.connect(pg_database.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE huge (id integer PRIMARY KEY, j json)")
+        conn.execute("CREATE PUBLICATION huge_pub FOR TABLE huge")
+        conn.execute("SELECT pg_create_logical_replication_slot('huge_slot', 'pgoutput')")
+        conn.execute("""INSERT INTO huge VALUES (1, '{"x": [1e400]}')""")
+        events, _ = _decode(conn, dict(REPLICATION_SESSION_SETTINGS), peek=False,
+                            slot="huge_slot", publication="huge_pub")
+    (event,) = events
+    with pytest.raises(ValueError, match="beyond the double range"):
+        EnvelopeEncoder("postgres", "db").encode(event, Position("0/1", (1,)), "1", "ts")

@@ -89,3 +89,21 @@ def test_non_finite_floats_are_refused_not_written_as_null(value: float) -> None
     ):
         with pytest.raises(ValueError):
             EnvelopeEncoder("postgres", "db").encode(ev, Position("0/1", (1,)), "1", "ts")
+
+
+@pytest.mark.parametrize("doc", [
+    {"a": [1, {"b": float("inf")}]},
+    [float("-inf")],
+    {"deep": {"er": [[1e400]]}},
+])
+def test_a_json_document_with_an_out_of_range_number_is_refused(doc: Any) -> None:
+    # `1e400` is valid in a json column and parses as inf: orjson would write null.
+    ev = ChangeEvent("c", "s", "t", 0, None, None, {"id": 1, "doc": doc})
+    with pytest.raises(ValueError, match="beyond the double range"):
+        EnvelopeEncoder("postgres", "db").encode(ev, Position("0/1", (1,)), "1", "ts")
+
+
+def test_json_documents_with_finite_numbers_pass() -> None:
+    ev = ChangeEvent("c", "s", "t", 0, None, None, {"doc": {"a": [1.5, None, {"b": -2e300}]}})
+    _eid, data = EnvelopeEncoder("postgres", "db").encode(ev, Position("0/1", (1,)), "1", "ts")
+    assert json.loads(data)["after"]["doc"] == {"a": [1.5, None, {"b": -2e300}]}
