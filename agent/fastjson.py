@@ -5,7 +5,9 @@ fraction of `json`. Its two inexactnesses are routed around, never accepted:
 it refuses to write integers beyond 64 bits (and non-string dict keys), and
 it *reads* integers beyond 64 bits as floats, silently. Both sides of any
 comparison must use the same function here: a float's spelling differs
-(orjson writes 1e-7 where json writes 1e-07).
+(orjson writes 1e-7 where json writes 1e-07). `dumps` writes NaN and the
+infinities as null, like orjson: what may hold one must refuse it first
+(agent.envelope does, for everything that becomes an event).
 """
 
 from __future__ import annotations
