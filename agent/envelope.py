@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import json.encoder
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -31,34 +31,24 @@ _quote: Final[Callable[[str], str]] = json.encoder.encode_basestring
 _MAX_CACHED_HEADS: Final = 8
 
 
-def _refuse_non_finite(row: Mapping[str, Any] | None) -> None:
+def _refuse_non_finite(values: Iterable[Any]) -> None:
     """orjson would write NaN or an infinity as null, silently. Column values
     never hold one (the sources spell them as strings), but a json column can:
     a number beyond the double range (`1e400`, valid JSON) parses as inf. Stop
-    at it rather than alter the data (the walk costs only rows with JSON
-    documents in them)."""
-    if row:
-        for v in row.values():
-            cls = v.__class__
-            if cls is float:
-                if not math.isfinite(v):
-                    raise ValueError(f"non-finite float {v!r} in an event: sources send it as text")
-            elif cls is dict or cls is list:
-                _refuse_nested(v)
-
-
-def _refuse_nested(value: Any) -> None:
-    for v in value.values() if value.__class__ is dict else value:
+    at it rather than alter the data (nested documents are walked; flat rows
+    cost one class check per value)."""
+    for v in values:
         cls = v.__class__
         if cls is float:
             if not math.isfinite(v):
                 raise ValueError(
-                    f"a JSON number beyond the double range ({v!r}) in a json value: "
-                    "events carry JSON numbers as doubles, so capture stops rather than "
-                    "write it as null"
+                    f"non-finite float {v!r} in an event (a json value's number beyond the "
+                    "double range?): capture stops rather than write it as null"
                 )
-        elif cls is dict or cls is list:
-            _refuse_nested(v)
+        elif cls is dict:
+            _refuse_non_finite(v.values())
+        elif cls is list:
+            _refuse_non_finite(v)
 
 
 def format_ts(ts: datetime) -> str:
@@ -90,12 +80,12 @@ class EnvelopeEncoder:
         middle = self._tables.get((ev.op, ev.schema, ev.table))
         if middle is None:
             middle = self._table(ev.op, ev.schema, ev.table)
-        before, after = ev.before, ev.after
-        _refuse_non_finite(ev.key)
-        _refuse_non_finite(before)
-        _refuse_non_finite(after)
+        key, before, after = ev.key, ev.before, ev.after
+        for row in (key, before, after):
+            if row:
+                _refuse_non_finite(row.values())
         tail = fastjson.dumps(
-            {"key": ev.key, "before": before, "after": after, "unchanged": list(ev.unchanged)}
+            {"key": key, "before": before, "after": after, "unchanged": list(ev.unchanged)}
         )
         data = b"%b%d%b%b%d%b%d},%b" % (
             head[0], seq, middle, head[1], seq, head[2], ev.schema_version, tail[1:]

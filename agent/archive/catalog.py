@@ -197,13 +197,10 @@ def read_chain(
     once the chain is read.
     """
     prev: CatalogEntry | None = None
-    keys = [
-        key
-        for key in list_entry_keys(store)
-        if start_seq is None or int(key[len(PREFIX) : -len(".json")]) >= start_seq
-    ]
+    seqs = {key: int(key[len(PREFIX) : -len(".json")]) for key in list_entry_keys(store)}
+    keys = [key for key, seq in seqs.items() if start_seq is None or seq >= start_seq]
     for key, raw in _fetched(store, keys):
-        seq = int(key[len(PREFIX) : -len(".json")])
+        seq = seqs[key]
         entry = open_entry(raw, trusted, key)
         if entry.seq != seq:
             raise IntegrityError(f"{key}: holds entry {entry.seq} (moved or replayed)")
