@@ -41,6 +41,7 @@ from agent.errors import (
     PositionLostError,
     RefusedError,
     ServiceError,
+    UncapturableChange,
     UsageError,
 )
 from agent.events import Position
@@ -233,7 +234,10 @@ class App:
                 try:
                     self._attempt()
                     backoff.reset()
-                except (PositionLostError, RefusedError, UsageError, LeaseHeld, LeaseLost):
+                except (
+                    PositionLostError, RefusedError, UncapturableChange, UsageError, LeaseHeld,
+                    LeaseLost,
+                ):
                     raise
                 except ServiceError as exc:
                     delay = backoff.next_delay()

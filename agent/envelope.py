@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from agent import fastjson
+from agent.errors import UncapturableChange
 from agent.events import ChangeEvent, Position, event_id
 
 # A JSON string literal, as the stdlib writes one with ensure_ascii=False.
@@ -31,7 +32,7 @@ _quote: Final[Callable[[str], str]] = json.encoder.encode_basestring
 _MAX_CACHED_HEADS: Final = 8
 
 
-def _refuse_non_finite(values: Iterable[Any]) -> None:
+def _refuse_non_finite(values: Iterable[Any], where: str) -> None:
     """orjson would write NaN or an infinity as null, silently. Column values
     never hold one (the sources spell them as strings), but a json column can:
     a number beyond the double range (`1e400`, valid JSON) parses as inf. Stop
@@ -41,14 +42,14 @@ def _refuse_non_finite(values: Iterable[Any]) -> None:
         cls = v.__class__
         if cls is float:
             if not math.isfinite(v):
-                raise ValueError(
-                    f"non-finite float {v!r} in an event (a json value's number beyond the "
-                    "double range?): capture stops rather than write it as null"
+                raise UncapturableChange(
+                    f"non-finite float {v!r} in a change to {where} (a json value's number "
+                    "beyond the double range?): capture stops rather than write it as null"
                 )
         elif cls is dict:
-            _refuse_non_finite(v.values())
+            _refuse_non_finite(v.values(), where)
         elif cls is list:
-            _refuse_non_finite(v)
+            _refuse_non_finite(v, where)
 
 
 def format_ts(ts: datetime) -> str:
@@ -83,7 +84,7 @@ class EnvelopeEncoder:
         key, before, after = ev.key, ev.before, ev.after
         for row in (key, before, after):
             if row:
-                _refuse_non_finite(row.values())
+                _refuse_non_finite(row.values(), f"{ev.schema}.{ev.table}")
         tail = fastjson.dumps(
             {"key": key, "before": before, "after": after, "unchanged": list(ev.unchanged)}
         )

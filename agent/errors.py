@@ -38,6 +38,12 @@ class RefusedError(ServiceError):
     with the same configuration cannot help, so the daemon stops."""
 
 
+class UncapturableChange(ServiceError):
+    """A committed change the agent cannot carry faithfully (exit 3): DML a
+    MySQL session logged in statement format, a json number beyond the double
+    range. Retrying cannot help, so `run` stops instead of reconnecting."""
+
+
 class PositionLostError(ServiceError):
     """The source no longer has the position we need: slot lost, binlog purged (exit 3)."""
 

@@ -25,7 +25,7 @@ from typing import Any
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import RotateEvent
 
-from agent.errors import DecodeError, ServiceError
+from agent.errors import DecodeError, UncapturableChange
 from agent.events import ChangeEvent, Heartbeat, Position, TableSchema, Transaction
 from connectors.mysql import binlog_events as ev
 from connectors.mysql.gtid import (
@@ -51,13 +51,6 @@ _HEARTBEAT_EVERY = 1.0
 MALFORMED_EVENT_ERRORS = (
     IndexError, KeyError, ValueError, OverflowError, struct.error, RecursionError,
 )
-
-
-class UncapturableChange(ServiceError):
-    """A change to a captured table the binlog does not carry row by row (exit 3).
-
-    Retrying cannot help, so the source stops instead of reconnecting.
-    """
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pymysql
 
-from agent.errors import PositionLostError, ServiceError, UsageError
+from agent.errors import PositionLostError, ServiceError, UncapturableChange, UsageError
 from agent.events import Heartbeat, Position, Transaction
 from agent.settings import Settings, parse_table_name
 from connectors.base import CheckResult
@@ -21,7 +21,6 @@ from connectors.mysql.binlog_reader import (
     BinlogReader,
     ReaderConfig,
     SourceCounters,
-    UncapturableChange,
 )
 from connectors.mysql.connection import collation_charsets, connect, connect_kwargs, is_mariadb
 from connectors.mysql.schema_history import SchemaHistory

@@ -18,6 +18,7 @@ import pytest
 from psycopg import sql
 
 from agent.envelope import EnvelopeEncoder
+from agent.errors import UncapturableChange
 from agent.events import ChangeEvent, Position, TableSchema
 from connectors.postgres.pgoutput import PgoutputDecoder
 from connectors.postgres.pgtypes import (
@@ -258,5 +259,5 @@ def test_a_json_number_beyond_the_double_range_stops_capture_instead_of_becoming
         events, _ = _decode(conn, dict(REPLICATION_SESSION_SETTINGS), peek=False,
                             slot="huge_slot", publication="huge_pub")
     (event,) = events
-    with pytest.raises(ValueError, match="beyond the double range"):
+    with pytest.raises(UncapturableChange, match="beyond the double range"):
         EnvelopeEncoder("postgres", "db").encode(event, Position("0/1", (1,)), "1", "ts")

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.envelope import EnvelopeEncoder, decode_envelope
+from agent.errors import UncapturableChange
 from agent.events import ChangeEvent, Position, event_id
 
 TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=8)
@@ -87,7 +88,7 @@ def test_non_finite_floats_are_refused_not_written_as_null(value: float) -> None
         ChangeEvent("c", "s", "t", 0, None, None, {"x": value}),
         ChangeEvent("u", "s", "t", 0, None, {"x": value}, {"x": 1.0}),
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(UncapturableChange):
             EnvelopeEncoder("postgres", "db").encode(ev, Position("0/1", (1,)), "1", "ts")
 
 
@@ -99,7 +100,7 @@ def test_non_finite_floats_are_refused_not_written_as_null(value: float) -> None
 def test_a_json_document_with_an_out_of_range_number_is_refused(doc: Any) -> None:
     # `1e400` is valid in a json column and parses as inf: orjson would write null.
     ev = ChangeEvent("c", "s", "t", 0, None, None, {"id": 1, "doc": doc})
-    with pytest.raises(ValueError, match="beyond the double range"):
+    with pytest.raises(UncapturableChange, match="beyond the double range"):
         EnvelopeEncoder("postgres", "db").encode(ev, Position("0/1", (1,)), "1", "ts")
 
 
