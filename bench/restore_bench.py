@@ -21,6 +21,7 @@ from psycopg import sql
 
 from bench import workload
 from bench.agent_runs import AgentRun, dir_bytes
+from bench.restore_floors import measure_floors
 from bench.servers import BenchServers
 from tests.servers.moto import MotoS3
 
@@ -137,6 +138,18 @@ def measure_restore(servers: BenchServers, run: AgentRun, rows: int, end_lsn: st
         restore_rate = rows / seconds
         result.values["restore_rows_per_s"] = restore_rate
         result.values["restore_ratio"] = restore_rate / copy_rate
+    parse_rate, fold_rate = measure_floors(run, rows)
+    result.values["restore_parse_only_rows_per_s"] = parse_rate
+    result.values["restore_server_fold_rows_per_s"] = fold_rate
+    result.notes["restore_parse_only_rows_per_s"] = (
+        f"floor of any restore that parses each event in Python: read, verify and decrypt "
+        f"the archive as restore does and parse every envelope (agent.fastjson), nothing "
+        f"else; {parse_rate / copy_rate:.2f} of \\copy (bench/restore_floors.py)")
+    result.notes["restore_server_fold_rows_per_s"] = (
+        f"floor of folding inside PostgreSQL instead: COPY the decrypted envelopes into a "
+        f"jsonb staging table, DISTINCT ON the key, jsonb_populate_record into an identical "
+        f"table; server time only, none of a real restore's cases; "
+        f"{fold_rate / copy_rate:.2f} of \\copy (bench/restore_floors.py)")
     base_s, base_read, _ = _cli(["--help"])  # process start and imports, subtracted below
     entity = ["--entity", f"public.{workload.TABLE}.id=4242"]
     seconds, read, proc = _cli(["restore", *common, "--target-schema", "bench_entity", *entity])
