@@ -34,17 +34,18 @@ _MAX_CACHED_HEADS: Final = 8
 
 def _refuse_non_finite(values: Iterable[Any], where: str) -> None:
     """orjson would write NaN or an infinity as null, silently. Column values
-    never hold one (the sources spell them as strings), but a json column can:
-    a number beyond the double range (`1e400`, valid JSON) parses as inf. Stop
-    at it rather than alter the data (nested documents are walked; flat rows
-    cost one class check per value)."""
+    should never hold one: the sources spell non-finite floats as strings, and
+    PostgreSQL json numbers arrive as fastjson.JsonNumber (not float), written
+    as their text, so `1e400` stays `1e400`. A float that is not finite is a
+    converter's fault: stop rather than alter the data (nested documents are
+    walked; flat rows cost one class check per value)."""
     for v in values:
         cls = v.__class__
         if cls is float:
             if not math.isfinite(v):
                 raise UncapturableChange(
-                    f"non-finite float {v!r} in a change to {where} (a json value's number "
-                    "beyond the double range?): capture stops rather than write it as null"
+                    f"non-finite float {v!r} in a change to {where}: capture stops rather "
+                    "than write it as null"
                 )
         elif cls is dict:
             _refuse_non_finite(v.values(), where)

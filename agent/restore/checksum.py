@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.fastjson import dumps as _dumps
+from agent.fastjson import dumps_raw as _dumps
 
 _SHA256 = hashlib.sha256
 _MOD = 1 << 128

@@ -221,7 +221,7 @@ def run_restore(
     wanted = scope.tables
     fold_store = FoldStore()
     try:
-        fold = Fold(fold_store, shapes, wanted)
+        fold = Fold(fold_store, shapes, wanted, exact_json=settings.source.type == "postgres")
         segments = plan.segments
         catalog_end = None
         if scope.entity is None:

@@ -37,7 +37,7 @@ _BATCH = 20_000  # rows per executemany for snapshot rows; events per SQLite com
 def key_json(values: list[Any]) -> str:
     """The canonical text of a primary key: the fold's, the entity candidates' and
     in-place compare's keys must be spelled alike (floats!), so all use this."""
-    return fastjson.dumps_text(values)
+    return fastjson.dumps_raw(values).decode("utf-8")
 
 
 @dataclass
@@ -196,11 +196,16 @@ def _pick(row: dict[str, Any], names: tuple[str, ...]) -> Any:
 class Fold:
     """Applies envelopes to a FoldStore under the current table shapes."""
 
-    def __init__(self, store: FoldStore, shapes: Shapes, wanted: set[str] | None) -> None:
+    def __init__(
+        self, store: FoldStore, shapes: Shapes, wanted: set[str] | None, exact_json: bool = False
+    ) -> None:
         self.store = store
         self.shapes = shapes
         self.wanted = wanted
         self.stats = FoldStats()
+        # PostgreSQL archives: json/jsonb values are kept as their exact JSON text
+        # (bytes), the form the applier reads them back in (see _JsonColumns).
+        self.json_columns = _JsonColumns() if exact_json else None
         # Entity restore: table -> the primary keys (key_json) that may be
         # members; other rows' changes cannot matter and are not folded. A
         # table missing from the map (its key was redefined) is folded whole.
@@ -223,6 +228,8 @@ class Fold:
             if shape is None:
                 continue
             after = doc["after"]
+            if self.json_columns is not None:
+                self.json_columns.to_raw(shape, after, env)
             key = key_json([after.get(c) for c in shape.key])
             only = None if self.only_keys is None else self.only_keys.get(shape.name)
             if only is not None and key not in only:
@@ -275,6 +282,8 @@ class Fold:
                 self.store.delete(tid, old_key)
             return
         after: dict[str, Any] = doc["after"]
+        if self.json_columns is not None:
+            self.json_columns.to_raw(shape, after, env)
         new_key = key_json([after.get(c) for c in key])
         old_key = new_key
         if op == "u":
@@ -292,6 +301,43 @@ class Fold:
             if old_key != new_key:
                 self.store.delete(tid, old_key)
         self.store.put(tid, new_key, _row_bytes(after))
+
+
+class _JsonColumns:
+    """json/jsonb columns' values -> their exact JSON text (bytes), arrays element-wise.
+
+    The envelope parser (orjson) reads every non-integer number as a float,
+    which would turn a jsonb `1.50` into `1.5`; a value holding one is taken
+    from an exact parse of the envelope instead (rare, and only then paid).
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[TableSchema, list[tuple[tuple[str, ...], bool]]]] = {}
+
+    def _columns(self, shape: TableShape) -> list[tuple[tuple[str, ...], bool]]:
+        got = self._cache.get(shape.name)
+        if got is None or got[0] is not shape.schema:
+            columns = []
+            for c in shape.schema.columns:
+                t = c.type_name.lower()
+                array = t.endswith("[]")
+                if t.removesuffix("[]").strip() in ("json", "jsonb"):
+                    columns.append((shape.names_of(c.name), array))
+            got = self._cache[shape.name] = (shape.schema, columns)
+        return got[1]
+
+    def to_raw(self, shape: TableShape, after: dict[str, Any], env: bytes) -> None:
+        exact: dict[str, Any] | None = None
+        for names, array in self._columns(shape):
+            for name in names:
+                value = after.get(name)
+                if value is None:
+                    continue
+                if fastjson.holds_float(value):
+                    if exact is None:
+                        exact = fastjson.loads_exact(env)["after"]
+                    value = exact[name]
+                after[name] = fastjson.raw(value, array)
 
 
 def _value_of(row: dict[str, Any], names: tuple[str, ...]) -> Any:

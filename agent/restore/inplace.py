@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent import fastjson
 from agent.errors import IntegrityError, UsageError
 from agent.events import TableSchema
 from agent.restore.checksum import TableChecksum, checksum_of
@@ -22,7 +23,11 @@ from agent.restore.entity import EntityRoot, Link
 from agent.restore.fold import key_json
 from connectors.base import Applier, RowChanges, RowMatch
 
-_DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+def _dumps(value: Any) -> str:
+    return fastjson.dumps_raw(value).decode("utf-8")  # json columns are raw JSON text
+
+
 SHOWN = 5  # rows printed per table and kind in a preview
 
 Rows = dict[str, list[Any]]  # key json -> values in column order
@@ -214,12 +219,12 @@ def preview_lines(diffs: list[TableDiff]) -> list[str]:
         )
         names = d.table.column_names
         for values in c.inserts[:SHOWN]:
-            out.append(f"    insert {_DUMPS(dict(zip(names, values, strict=True)))}")
+            out.append(f"    insert {_dumps(dict(zip(names, values, strict=True)))}")
         for old, new in c.updates[:SHOWN]:
             changed = {n: [o, v] for n, o, v in zip(names, old, new, strict=True) if o != v}
-            out.append(f"    update {key_of(d.table, new)}: {_DUMPS(changed)}")
+            out.append(f"    update {key_of(d.table, new)}: {_dumps(changed)}")
         for values in c.deletes[:SHOWN]:
-            out.append(f"    delete {_DUMPS(dict(zip(names, values, strict=True)))}")
+            out.append(f"    delete {_dumps(dict(zip(names, values, strict=True)))}")
         if d.triggers:
             out.append(f"    triggers that would fire: {', '.join(d.triggers)}")
     return out

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from agent import fastjson
 from agent.errors import ServiceError, UsageError
 from agent.events import TableSchema
 from connectors.base import RestoreRows, RowChanges, RowMatch
@@ -203,7 +204,10 @@ class PgApplier:
                 f"target table {target_schema}.{table.table}: expected columns "
                 f"{', '.join(missing)} (as at the restore target), found none by those names"
             )
-        return names, self._converters().row(tuple(int(oids[n]) for n in names))
+        convs = self._converters().row(tuple(int(oids[n]) for n in names))
+        return names, tuple(
+            _raw_json(f, c.type_name) for f, c in zip(convs, table.columns, strict=True)
+        )
 
     def _row_reader(self, target_schema: str, table: TableSchema) -> tuple[sql.Composed, RowConv]:
         """SELECT list of the table's columns as text, and their JSON converters."""
@@ -401,6 +405,16 @@ class PgApplier:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _raw_json(convert: Callable[[bytes], Any], type_name: str) -> Callable[[bytes], Any]:
+    """json/jsonb columns read back as their exact JSON text (bytes), the form the
+    restore's fold keeps them in (agent.restore.fold); other columns as they are."""
+    t = type_name.lower()
+    if t.removesuffix("[]").strip() not in ("json", "jsonb"):
+        return convert
+    array = t.endswith("[]")
+    return lambda data: fastjson.raw(convert(data), array)
 
 
 def _first_line(exc: BaseException) -> str:

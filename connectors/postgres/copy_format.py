@@ -1,7 +1,7 @@
 """CONTRACT.md JSON values <-> PostgreSQL's text forms, in COPY's text format.
 
 Load: each JSON value becomes its type's text input form (bytea from base64
-to hex, JSON values re-serialised, arrays as array literals, astronomical
+to hex, json/jsonb values as their exact JSON text, arrays as array literals, astronomical
 years back to BC), escaped for COPY text and joined into whole lines, so a
 table is written with a few large `copy.write` calls instead of a Python
 call per value inside the driver.
@@ -45,6 +45,24 @@ def _temporal(v: Any) -> str:
     return s
 
 
+def _json_text(v: Any) -> str:
+    """Restore keeps json/jsonb values as their exact JSON text (bytes, see
+    agent.restore.fold); any other value is serialised, numbers as parsed."""
+    if v.__class__ is bytes:
+        return str(v.decode("utf-8"))
+    return fastjson.dumps_text(v)
+
+
+# A JSON string literal (whole, so its commas and colons are skipped) or a separator.
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[,:]')
+
+
+def _json_spaced(v: Any) -> str:
+    """Exact JSON text with ", " and ": " as jsonb prints it (and as most writers of
+    a `json` column do), the numbers untouched."""
+    return _JSON_TOKEN.sub(lambda m: m[0] + " " if len(m[0]) == 1 else m[0], _json_text(v))
+
+
 def _bytea(v: Any) -> str:
     return "\\x" + base64.b64decode(v).hex()
 
@@ -65,10 +83,11 @@ def _base_converter(type_name: str) -> Callable[[Any], str]:
     t = type_name.lower()
     if t == "bytea":
         return _bytea
-    if t == "jsonb":  # re-parsed by the server: compact text, orjson's speed
-        return fastjson.dumps_text
+    if t == "jsonb":  # re-parsed by the server: compact is fine
+        return _json_text
     if t == "json":  # kept verbatim by the server: PostgreSQL's own spacing
-        return _JSON
+        return _json_spaced
+
     if t == "boolean":
         return _bool
     if t == "date" or t.startswith("timestamp"):

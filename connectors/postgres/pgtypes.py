@@ -17,7 +17,8 @@ Value representations (documented in CONTRACT.md's values section and here):
 - interval: PostgreSQL's ISO 8601 form (IntervalStyle iso_8601, e.g.
   `P1Y2M3DT4H5M6.5S`, `PT0S`); the `postgres` style is converted to it, other
   styles are passed through as text.
-- bytea: base64 of the bytes. json/jsonb: the parsed JSON value.
+- bytea: base64 of the bytes. json/jsonb: the parsed JSON value, numbers exact
+  (non-integers as fastjson.JsonNumber: written back as their text).
 - money: the text the server prints (locale-dependent, e.g. "$1,234.56").
 """
 
@@ -25,14 +26,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import json.scanner
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
+from agent import fastjson
 from agent.errors import DecodeError
 
 log = logging.getLogger(__name__)
@@ -243,9 +243,9 @@ def _postgres_interval_to_iso(s: str) -> str | None:
 
 
 # The C scanner directly: json.loads spends more time checking its arguments and
-# sniffing the encoding than parsing a small document.
-_JSON_DECODER: Final = json.JSONDecoder()
-JSON_SCAN: Final = json.scanner.make_scanner(_JSON_DECODER)  # type: ignore[arg-type]
+# sniffing the encoding than parsing a small document. Numbers stay exact
+# (fastjson.JsonNumber keeps a non-integer's text: 1.50 is not 1.5 to jsonb).
+JSON_SCAN: Final = fastjson.EXACT_SCAN
 
 
 def _json(v: bytes) -> Any:
@@ -257,7 +257,7 @@ def _json(v: bytes) -> Any:
     except (StopIteration, ValueError):
         pass
     try:  # leading/trailing whitespace (json keeps its input verbatim) or an error
-        return _JSON_DECODER.decode(s)
+        return fastjson.loads_exact(s)
     except ValueError as exc:
         raise DecodeError(f"expected JSON text, found {v[:40]!r}") from exc
 

@@ -18,7 +18,6 @@ import pytest
 from psycopg import sql
 
 from agent.envelope import EnvelopeEncoder
-from agent.errors import UncapturableChange
 from agent.events import ChangeEvent, Position, TableSchema
 from connectors.postgres.pgoutput import PgoutputDecoder
 from connectors.postgres.pgtypes import (
@@ -246,18 +245,19 @@ def test_other_session_styles_give_the_same_values(
             assert datetime.fromisoformat(event.after[name]) == datetime.fromisoformat(value)
 
 
-def test_a_json_number_beyond_the_double_range_stops_capture_instead_of_becoming_null(
-    pg_database: Any,
-) -> None:
-    # `json` keeps its text, and 1e400 is valid JSON: it parses as inf, which
-    # the envelope's JSON writer would otherwise turn into null.
+def test_json_numbers_reach_the_event_as_written(pg_database: Any) -> None:
+    # jsonb keeps 1.50 (numeric), a double would not; json keeps its text, and
+    # 1e400 is valid JSON that a double cannot hold; 17+ digits would round.
+    doc = '{"x": [1e400, 1.50, 12345678901234567890.123456789, -0.0, 7]}'
     with psycopg.connect(pg_database.dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE huge (id integer PRIMARY KEY, j json)")
+        conn.execute("CREATE TABLE huge (id integer PRIMARY KEY, j json, jb jsonb)")
         conn.execute("CREATE PUBLICATION huge_pub FOR TABLE huge")
         conn.execute("SELECT pg_create_logical_replication_slot('huge_slot', 'pgoutput')")
-        conn.execute("""INSERT INTO huge VALUES (1, '{"x": [1e400]}')""")
+        conn.execute("INSERT INTO huge VALUES (1, %s, %s)", (doc, doc))
         events, _ = _decode(conn, dict(REPLICATION_SESSION_SETTINGS), peek=False,
                             slot="huge_slot", publication="huge_pub")
     (event,) = events
-    with pytest.raises(UncapturableChange, match="beyond the double range"):
-        EnvelopeEncoder("postgres", "db").encode(event, Position("0/1", (1,)), "1", "ts")
+    _eid, data = EnvelopeEncoder("postgres", "db").encode(event, Position("0/1", (1,)), "1", "ts")
+    assert b'"j":{"x":[1e400,1.50,12345678901234567890.123456789,-0.0,7]}' in data
+    # jsonb prints numbers as numeric does: 1e400 in full, -0.0 as 0.0
+    assert b'"jb":{"x":[1' + b"0" * 400 + b',1.50,12345678901234567890.123456789,0.0,7]}' in data

@@ -64,6 +64,10 @@ def test_a_row_corrupted_after_the_load_is_reported_with_exit_4(pg_database: Any
         ("jsonb", {"a": [1, "b"]}, '{"a":[1,"b"]}'),  # re-parsed by the server: compact
         ("jsonb", [2**70, 0.5], f"[{2**70},0.5]"),  # beyond 64 bits: still exact
         ("json", {"a": [1, "b"]}, '{"a": [1, "b"]}'),  # kept verbatim: PostgreSQL's spacing
+        # restore's fold keeps json values as their exact text (bytes): verbatim
+        ("jsonb", b'{"p":19.90,"q":[1e400]}', '{"p":19.90,"q":[1e400]}'),
+        ("json[]", [b'{"a":1.50}', None], '{"{\\"a\\": 1.50}",NULL}'),
+        ("json", b'{"s":"a,b: \\"c\\"","n":[1e400]}', '{"s": "a,b: \\"c\\"", "n": [1e400]}'),
         ("date", "-0043-03-15", "0044-03-15 BC"),
         ("timestamp without time zone", "0000-01-01T00:00:00", "0001-01-01T00:00:00 BC"),
         ("text[]", ["a", None, 'q"\\'], '{"a",NULL,"q\\"\\\\"}'),

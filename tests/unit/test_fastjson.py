@@ -51,3 +51,25 @@ def test_checksum_tells_types_apart_and_ignores_row_order() -> None:
     assert of([1, {"k": 1}]) != of([1, {"k": 1.0}])
     assert of([BIG]) != of([BIG + 1])
     assert of([1], [1]) != of([1])
+
+
+def test_loads_exact_keeps_every_number_as_written_and_dumps_writes_it_back() -> None:
+    text = '{"a":[1.50,1e400,-0.0,1E+2,12345678901234567890.123456789],"n":10,"big":123456789012345678901234}'
+    value = fastjson.loads_exact(text)
+    assert value["a"][0] == 1.5  # compares as the float it parses to
+    assert fastjson.dumps(value) == text.encode()
+    assert not fastjson.holds_float(value)  # JsonNumbers are not plain floats
+    assert fastjson.holds_float(fastjson.loads(text.encode()))  # orjson's parse lost them
+
+
+def test_dumps_raw_writes_bytes_verbatim_and_dumps_refuses_them() -> None:
+    assert fastjson.dumps_raw([1, b'{"x":1.50}', None]) == b'[1,{"x":1.50},null]'
+    with pytest.raises(TypeError):
+        fastjson.dumps([b"{}"])
+
+
+def test_raw_turns_a_json_column_value_into_its_text_and_arrays_element_wise() -> None:
+    assert fastjson.raw(None) is None
+    assert fastjson.raw(fastjson.loads_exact('{"p": 19.90}')) == b'{"p":19.90}'
+    assert fastjson.raw([{"a": 1}, None, [[1], [2]]], array=True) == [b'{"a":1}', None, [[b"1"], [b"2"]]]
+    assert fastjson.raw([1, 2]) == b"[1,2]"

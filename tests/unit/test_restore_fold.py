@@ -119,3 +119,30 @@ def test_primary_key_on_a_column_old_rows_lack_fails_clearly(fold: Fold) -> None
     cols = (*T.columns, Column("z", "int"))
     with pytest.raises(UsageError, match="primary key was redefined"):
         fold.schema_change(TableSchema("public", "t", cols, ("z",), 2))
+
+
+def test_json_columns_fold_as_their_exact_text() -> None:
+    # The envelope parser reads 1.50 as 1.5; jsonb keeps 1.50. Values holding a
+    # non-integer number are re-read exactly; arrays of json element-wise.
+    table = TableSchema("public", "j", (Column("id", "bigint", False), Column("doc", "jsonb"),
+                                         Column("docs", "json[]"), Column("n", "double precision")), ("id",))
+    store = FoldStore()
+    try:
+        fold = Fold(store, Shapes([table]), None, exact_json=True)
+        data = (b'{"id":"x","op":"c","source":{"schema":"public","table":"j","schema_version":1},'
+                b'"key":{"id":1},"before":null,"after":{"id":1,"doc":{"p":19.90,"q":[1e400]},'
+                b'"docs":[{"a":1},null],"n":2.50},"unchanged":[]}')
+        fold.event(data)
+        fold.event(env("c", key={"id": 2}, after={"id": 2, "doc": {"a": 1}, "docs": None, "n": 1}, table="j"))
+        got = sorted(store.rows(store.table_id("public.j")), key=lambda r: r["id"])
+        assert got == [
+            {"id": 1, "doc": b'{"p":19.90,"q":[1e400]}', "docs": [b'{"a":1}', None], "n": 2.5},
+            {"id": 2, "doc": b'{"a":1}', "docs": None, "n": 1},
+        ]
+    finally:
+        store.close()
+
+
+def test_without_exact_json_values_stay_parsed(fold: Fold) -> None:
+    fold.event(env("c", key={"id": 1}, after={"id": 1, "a": "x", "b": "y"}))
+    assert rows(fold) == [{"id": 1, "a": "x", "b": "y"}]
