@@ -6,6 +6,16 @@ archive id and the retention horizon, and is signed with the agent's
 `signing.key`. `verify` walks the chain and detects reordering, replay,
 removal and edits; restore uses it to find segments by time or position
 without opening them.
+
+Every reader reads the whole chain, and an entry is one object: on S3 one
+round trip each, and a busy agent appends one every `segment_max_age`
+(8,640 a day at 10 s). So the writer also packs each full run of PACK_SIZE
+entries into one object, `catalog/packs/<first:020d>-<last:020d>.zst`: the
+entries' exact bytes, zstd-compressed, in order. A pack is derived data and
+adds no trust: each entry in it is checked exactly as if read alone (its
+signature, its seq, the hash chain), so a reader takes the pack for a run
+whose entries are all listed and the single objects for the rest (a pack not
+written yet, or removed by expire).
 """
 
 from __future__ import annotations
@@ -14,18 +24,30 @@ import base64
 import dataclasses
 import hashlib
 import json
+import logging
+import re
+import struct
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import zstandard
+
 from agent.crypto import signing
 from agent.crypto.keyfiles import SigningKey, VerifyKey
-from agent.errors import IntegrityError
+from agent.errors import IntegrityError, ServiceError
 from connectors.base import ObjectExists, ObjectStore
+
+log = logging.getLogger(__name__)
 
 FORMAT = 1
 PREFIX = "catalog/"
+PACK_PREFIX = f"{PREFIX}packs/"
+PACK_SIZE = 256  # entries per pack: ~40 KiB compressed, one round trip instead of 256
+_PACK_MAGIC = b"CVPACK1\n"
+_PACK_KEY = re.compile(r"catalog/packs/(\d{20})-(\d{20})\.zst")
+_LEN = struct.Struct(">I")
 _CONTEXT = "catalog-entry"
 
 # Entry kinds. A reader that meets a kind it does not know fails loudly
@@ -45,6 +67,41 @@ KINDS = frozenset(
 
 def entry_key(seq: int) -> str:
     return f"{PREFIX}{seq:020d}.json"
+
+
+def pack_key(first: int, last: int) -> str:
+    return f"{PACK_PREFIX}{first:020d}-{last:020d}.zst"
+
+
+def pack_range(key: str) -> tuple[int, int] | None:
+    """(first, last) seq of a pack's key; None for any other key."""
+    m = _PACK_KEY.fullmatch(key)
+    return None if m is None else (int(m[1]), int(m[2]))
+
+
+def build_pack(raws: list[bytes]) -> bytes:
+    body = b"".join(_LEN.pack(len(r)) + r for r in raws)
+    return _PACK_MAGIC + zstandard.ZstdCompressor(level=3).compress(body)
+
+
+def open_pack(data: bytes, key: str, count: int) -> list[bytes]:
+    """The entries' bytes a pack holds (exactly `count`); IntegrityError if garbled."""
+    try:
+        if not data.startswith(_PACK_MAGIC):
+            raise ValueError("magic")
+        body = zstandard.ZstdDecompressor().decompress(
+            data[len(_PACK_MAGIC) :], max_output_size=count * 1024 * 1024
+        )
+        raws, pos = [], 0
+        while pos < len(body):
+            (n,) = _LEN.unpack_from(body, pos)
+            raws.append(body[pos + 4 : pos + 4 + n])
+            pos += 4 + n
+        if pos != len(body) or len(raws) != count:
+            raise ValueError("length")
+    except (ValueError, struct.error, zstandard.ZstdError):
+        raise IntegrityError(f"{key}: not a catalog pack (garbled)") from None
+    return raws
 
 
 def canonical(doc: dict[str, Any]) -> bytes:
@@ -135,12 +192,15 @@ class CatalogWriter:
         archive_id: str,
         agent_id: str,
         tail: CatalogEntry | None,
+        pack_size: int = PACK_SIZE,
     ) -> None:
         self.store = store
         self.signer = signer
         self.archive_id = archive_id
         self.agent_id = agent_id
         self.tail = tail
+        self.pack_size = pack_size
+        self._recent: dict[int, bytes] = {}  # this pack's entries written by us
 
     def append(
         self, kind: str, body: dict[str, Any], created: str, retention_horizon: str | None = None
@@ -164,13 +224,45 @@ class CatalogWriter:
         self.tail = dataclasses.replace(
             entry, signer=self.signer.key_id, digest=hashlib.sha256(raw).hexdigest()
         )
+        self._recent[seq] = raw
+        if (seq + 1) % self.pack_size == 0:
+            self._pack(seq + 1 - self.pack_size, seq)
         return self.tail
+
+    def _pack(self, first: int, last: int) -> None:
+        """Pack entries first..last, the entry just appended last. Best effort: the
+        entries are already durable, a missing pack only costs readers round trips."""
+        recent, self._recent = self._recent, {}
+        try:
+            missing = [entry_key(s) for s in range(first, last + 1) if s not in recent]
+            fetched = dict(_fetched(self.store, missing))  # a restarted writer's earlier ones
+            raws = [recent.get(s) or fetched[entry_key(s)] for s in range(first, last + 1)]
+            self.store.create(pack_key(first, last), build_pack(raws))
+        except ObjectExists:
+            pass  # packed already (a restarted writer)
+        except (ServiceError, IntegrityError) as exc:  # e.g. an entry expired meanwhile
+            log.warning("catalog entries %s..%s not packed: %s", first, last, exc)
 
 
 def list_entry_keys(store: ObjectStore) -> list[str]:
-    keys = [o.key for o in store.list(PREFIX) if o.key.endswith(".json")]
-    keys.sort()
-    return keys
+    return _listing(store)[0]
+
+
+def list_pack_keys(store: ObjectStore) -> list[str]:
+    return _listing(store)[1]
+
+
+def _listing(store: ObjectStore) -> tuple[list[str], list[str]]:
+    """Entry keys and pack keys, each sorted (one listing of the prefix)."""
+    entries, packs = [], []
+    for o in store.list(PREFIX):
+        if o.key.startswith(PACK_PREFIX):
+            packs.append(o.key)
+        elif o.key.endswith(".json"):
+            entries.append(o.key)
+    entries.sort()
+    packs.sort()
+    return entries, packs
 
 
 def _fetched(
@@ -187,19 +279,56 @@ def _fetched(
             yield from zip(part, pool.map(store.get, part), strict=True)
 
 
+def _packed(
+    store: ObjectStore, keys: list[str], seqs: dict[str, int], packs: list[str]
+) -> Iterator[tuple[str, bytes]]:
+    """(entry key, bytes) in order: from a pack where one covers a run of listed
+    keys whole, single objects (fetched by _fetched) elsewhere."""
+    index = {seq: i for i, seq in enumerate(seqs[k] for k in keys)}
+    runs: dict[int, tuple[str, int]] = {}  # position of the run's first key -> (pack, count)
+    for pack in packs:
+        span = pack_range(pack)
+        if span is None or span[0] not in index:
+            continue
+        first, last = span
+        i = index[first]
+        j = i + (last - first)
+        if j < len(keys) and seqs[keys[j]] == last and i not in runs:
+            runs[i] = (pack, last - first + 1)  # keys are sorted and unique: all listed
+    i = 0
+    while i < len(keys):
+        if i in runs:
+            pack, count = runs[i]
+            yield from zip(
+                keys[i : i + count], open_pack(store.get(pack), pack, count), strict=True
+            )
+            i += count
+            continue
+        j = i
+        while j < len(keys) and j not in runs:
+            j += 1
+        yield from _fetched(store, keys[i:j])
+        i = j
+
+
 def read_chain(
-    store: ObjectStore, trusted: Mapping[str, VerifyKey], start_seq: int | None = None
+    store: ObjectStore,
+    trusted: Mapping[str, VerifyKey],
+    start_seq: int | None = None,
+    packs: bool = True,
 ) -> Iterator[CatalogEntry]:
-    """Every entry in order, each signature and link checked as it is read.
+    """Every entry in order, each signature and link checked as it is read
+    (`packs` False: from the single objects only, as `verify` reads them).
 
     The first entry present must be the genesis entry, or the first one a
     later retention entry declares kept; `verify_retention_head` checks that
     once the chain is read.
     """
     prev: CatalogEntry | None = None
-    seqs = {key: int(key[len(PREFIX) : -len(".json")]) for key in list_entry_keys(store)}
+    listed, pack_keys = _listing(store)
+    seqs = {key: int(key[len(PREFIX) : -len(".json")]) for key in listed}
     keys = [key for key, seq in seqs.items() if start_seq is None or seq >= start_seq]
-    for key, raw in _fetched(store, keys):
+    for key, raw in _packed(store, keys, seqs, pack_keys if packs else []):
         seq = seqs[key]
         entry = open_entry(raw, trusted, key)
         if entry.seq != seq:
@@ -215,3 +344,20 @@ def read_chain(
             raise IntegrityError(f"{key}: the first entry is not a genesis entry")
         prev = entry
         yield entry
+
+
+def check_packs(store: ObjectStore, entries: list[CatalogEntry]) -> int:
+    """Every pack over listed entries holds exactly those entries' bytes (digests);
+    the number of packs checked. For `verify`, which reads the single objects."""
+    digests = {e.seq: e.digest for e in entries}
+    checked = 0
+    for key in list_pack_keys(store):
+        span = pack_range(key)
+        if span is None or span[0] not in digests:
+            continue  # over expired entries: unused, removed by the next expire
+        first, last = span
+        for seq, raw in enumerate(open_pack(store.get(key), key, last - first + 1), first):
+            if digests.get(seq) != hashlib.sha256(raw).hexdigest():
+                raise IntegrityError(f"{key}: entry {seq} differs from {entry_key(seq)}")
+        checked += 1
+    return checked

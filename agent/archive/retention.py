@@ -378,6 +378,12 @@ class Expirer:
                 report.deleted_bytes += size
             self.store.delete(catalog.entry_key(e.seq))
             report.deleted_entries += 1
+        # Packs holding any removed entry: readers skip them already (their first
+        # entry is not listed), and the expired entries' metadata goes with them.
+        for key in catalog.list_pack_keys(self.store):
+            span = catalog.pack_range(key)
+            if span is not None and span[0] < target:
+                self.store.delete(key)
 
     def _delete_orphans(self, entries: list[CatalogEntry], report: ExpireReport) -> None:
         """Objects no entry names (a crash before their entry), well before the horizon."""

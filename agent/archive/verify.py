@@ -25,6 +25,7 @@ from agent.settings import load_settings
 @dataclass
 class VerifyReport:
     entries: int = 0
+    packs: int = 0
     segments: int = 0
     snapshots: int = 0
     bytes: int = 0
@@ -34,7 +35,11 @@ class VerifyReport:
 
 def verify_archive(reader: ArchiveReader, decrypt: bool) -> VerifyReport:
     report = VerifyReport()
-    entries = reader.entries()
+    # The single entry objects, each checked; then the packs against them.
+    entries = list(catalog.read_chain(reader.store, reader.trusted, packs=False))
+    if not entries:
+        raise IntegrityError(f"{reader.store.url}: the archive has no catalog")
+    report.packs = catalog.check_packs(reader.store, entries)
     report.entries = len(entries)
     _check_head(entries)
     first_kept = _first_kept(entries)
@@ -106,7 +111,9 @@ def verify_command(args: argparse.Namespace) -> int:
     if report.gaps:
         raise IntegrityError(f"gap in the archive: {report.gaps[0]} ({len(report.gaps)} gap(s))")
     print(
-        f"archive {store.url}: ok: {report.entries} catalog entries, {report.segments} segments, "
+        f"archive {store.url}: ok: {report.entries} catalog entries"
+        + (f" ({report.packs} packs checked)" if report.packs else "")
+        + f", {report.segments} segments, "
         f"{report.snapshots} snapshots, {report.bytes} bytes checked"
         + (f", {report.decrypted} objects decrypted" if args.decrypt else ""),
         file=sys.stdout,
