@@ -280,6 +280,10 @@ def column_reader(col: MappedColumn, codec: str | None, is_json: bool) -> Reader
         return _int24(unsigned)
     if typ == T_NEWDECIMAL:
         return _decimal(meta >> 8, meta & 0xFF)
+    if typ in (T_DATETIME2, T_TIMESTAMP2, T_TIME2) and not 0 <= meta <= 6:
+        raise DecodeError(
+            f"expected a fractional-second precision of 0..6 for {col.name}, found {meta}"
+        )
     if typ == T_DATETIME2:
         return _datetime2(meta)
     if typ == T_TIMESTAMP2:

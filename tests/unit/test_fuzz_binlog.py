@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.errors import ChangevaultError
+from agent.errors import ChangevaultError, DecodeError
 from agent.events import Position, Transaction
 from connectors.mysql import binlog_events as ev
 from connectors.mysql.binlog_reader import (
@@ -175,6 +175,16 @@ def test_mutated_table_maps_decode_rows_or_raise(body: bytes, mariadb: bool, row
     except (ChangevaultError, *MALFORMED_EVENT_ERRORS):
         # Direct calls skip the reader's DecodeError wrapping of exactly these.
         return
+
+
+def test_a_time_precision_beyond_6_in_a_table_map_is_a_decode_error() -> None:
+    # Found by the fuzz test above: a mutated TIME2 metadata byte of 10 made the
+    # fraction's scale a float (10 ** -4) and decoding a row failed with a TypeError;
+    # such a table map is now refused when the decoder is built.
+    body = b'\x12\x00\x00\x00\x00\x00\x01\x00\x03rec\x00\x07order"s\x00\x15\x03\x0f\xfc\xf6\x04\x05\x12\x11\n\x13\r\xfe\xfe\x08\x01\t\x10\xfc\xfe\xfe\xfc\x16\xa0\x00\x02\x0c\x03\x04\x08\x06\x03\n\xf7\x01\xf8\x01\x02\x01\x02\xfe\x04\xfe\x0c\x04\xfe\xff\x1f\x01\x01\x0c\x03\x06--??-.\x04L\x06select\x03a.b\x11Kunden \xc3\x9cbersicht\x01d\x01f\x01g\x02dt\x02ts\x02dd\x02tm\x01y\x01e\x01s\x02bi\x02ti\x02mi\x02bt\x02bl\x02bn\x02ch\x01j\n\x01-\x05\x07\x03\x01x\x01y\x01z\x06\x07\x03\x01a\x01b\x01c\x08\x01\x00'
+    table_map = parse_table_map(body, False)
+    with pytest.raises(DecodeError, match="fractional-second precision of 0..6 for tm, found 10"):
+        RowDecoder(table_map, lambda c: "utf-8" if c else None, frozenset())
 
 
 @settings(max_examples=200, deadline=1000)
