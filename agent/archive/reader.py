@@ -33,7 +33,14 @@ _LEN = struct.Struct(">I")
 
 
 class TxEvents:
-    """Event envelopes of one transaction: in memory up to a bound, then on disk."""
+    """Event envelopes of one transaction: in memory up to a bound, then on disk.
+
+    On disk each envelope is length-prefixed; writes are gathered into ~1 MiB
+    and the file is read back a block at a time (a write and two reads per
+    event cost more than everything else the reader does with it).
+    """
+
+    _BLOCK = 1024 * 1024
 
     def __init__(self, memory_limit: int = 8 * 1024 * 1024) -> None:
         self._mem: list[bytes] = []
@@ -44,26 +51,45 @@ class TxEvents:
 
     def add(self, envelope: bytes) -> None:
         self.count += 1
-        if self._file is None and self._mem_bytes + len(envelope) <= self._limit:
-            self._mem.append(envelope)
-            self._mem_bytes += len(envelope)
-            return
-        if self._file is None:
+        self._mem.append(_LEN.pack(len(envelope)) + envelope if self._file else envelope)
+        self._mem_bytes += len(envelope)
+        if self._file is not None:
+            if self._mem_bytes >= self._BLOCK:
+                self._spill()
+        elif self._mem_bytes > self._limit:
             # Lives as long as the transaction; closed by close().
             self._file = tempfile.TemporaryFile(prefix="changevault-tx-")  # noqa: SIM115
-            for e in self._mem:
-                self._file.write(_LEN.pack(len(e)) + e)
-            self._mem = []
-        self._file.write(_LEN.pack(len(envelope)) + envelope)
+            self._mem = [_LEN.pack(len(e)) + e for e in self._mem]
+            self._spill()
+
+    def _spill(self) -> None:
+        assert self._file is not None
+        self._file.write(b"".join(self._mem))
+        self._mem, self._mem_bytes = [], 0
 
     def __iter__(self) -> Iterator[bytes]:
         if self._file is None:
             yield from self._mem
             return
+        if self._mem:
+            self._spill()
         self._file.seek(0)
-        while head := self._file.read(_LEN.size):
-            (n,) = _LEN.unpack(head)
-            yield self._file.read(n)
+        buf, pos = b"", 0
+        while True:
+            need = _LEN.size
+            if len(buf) - pos >= _LEN.size:
+                (n,) = _LEN.unpack_from(buf, pos)
+                end = pos + _LEN.size + n
+                if end <= len(buf):
+                    yield buf[pos + _LEN.size : end]
+                    pos = end
+                    continue
+                need += n
+            # At least what the next envelope needs: a big one is read whole.
+            more = self._file.read(max(self._BLOCK, need - (len(buf) - pos)))
+            if not more:
+                return
+            buf, pos = buf[pos:] + more, 0
 
     def close(self) -> None:
         if self._file is not None:

@@ -128,17 +128,42 @@ def _decode_body(kind: int, body: bytes) -> Record:
 
 
 def read_records(stream: IO[bytes]) -> Iterator[Record]:
-    """Records from a decompressed plaintext stream, in bounded memory."""
+    """Records from a decompressed plaintext stream, in bounded memory (a block of
+    plaintext plus one record). Read a block at a time and cut records out of
+    it: two reads of the stream per record cost more than decoding the record."""
+    buf, pos = b"", 0
     while True:
-        head = stream.read(_HEAD.size)
-        if not head:
-            return
-        if len(head) < _HEAD.size:
-            raise DecodeError("segment plaintext ends inside a record header")
-        kind, length = _HEAD.unpack(head)
+        if len(buf) - pos < _HEAD.size:
+            buf, pos = _refill(stream, buf, pos, _HEAD.size)
+            if pos == len(buf):
+                return
+            if len(buf) - pos < _HEAD.size:
+                raise DecodeError("segment plaintext ends inside a record header")
+        kind, length = _HEAD.unpack_from(buf, pos)
         if length > MAX_RECORD:
             raise DecodeError(f"segment record of {length} bytes exceeds the limit")
-        body = stream.read(length)
-        if len(body) < length:
-            raise DecodeError("segment plaintext ends inside a record")
+        end = pos + _HEAD.size + length
+        if end > len(buf):
+            buf, pos = _refill(stream, buf, pos, _HEAD.size + length)
+            end = pos + _HEAD.size + length
+            if end > len(buf):
+                raise DecodeError("segment plaintext ends inside a record")
+        body = buf[pos + _HEAD.size : end]
+        pos = end
         yield _decode_body(kind, body)
+
+
+_BLOCK = 1024 * 1024
+
+
+def _refill(stream: IO[bytes], buf: bytes, pos: int, need: int) -> tuple[bytes, int]:
+    """buf[pos:] followed by more of the stream, until `need` bytes or its end."""
+    parts = [buf[pos:]]
+    have = len(parts[0])
+    while have < need:
+        more = stream.read(max(_BLOCK, need - have))
+        if not more:
+            break
+        parts.append(more)
+        have += len(more)
+    return b"".join(parts), 0
