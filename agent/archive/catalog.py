@@ -44,7 +44,10 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 PREFIX = "catalog/"
 PACK_PREFIX = f"{PREFIX}packs/"
-PACK_SIZE = 256  # entries per pack: ~40 KiB compressed, one round trip instead of 256
+# Entries per pack: readers fetch the entries after the last full pack one by one
+# (up to PACK_SIZE - 1 of them) and one object per pack before.
+PACK_SIZE = 128
+_WINDOW = 64  # catalog objects fetched at a time (at most 64 packs of entries in memory)
 _PACK_MAGIC = b"CVPACK1\n"
 _PACK_KEY = re.compile(r"catalog/packs/(\d{20})-(\d{20})\.zst")
 _LEN = struct.Struct(">I")
@@ -266,7 +269,7 @@ def _listing(store: ObjectStore) -> tuple[list[str], list[str]]:
 
 
 def _fetched(
-    store: ObjectStore, keys: list[str], window: int = 64
+    store: ObjectStore, keys: list[str], window: int = _WINDOW
 ) -> Iterator[tuple[str, bytes]]:
     """(key, bytes) in order, fetched a window at a time on a few threads: on S3
     each entry is a round trip, and the chain is checked in order anyway."""
@@ -283,7 +286,8 @@ def _packed(
     store: ObjectStore, keys: list[str], seqs: dict[str, int], packs: list[str]
 ) -> Iterator[tuple[str, bytes]]:
     """(entry key, bytes) in order: from a pack where one covers a run of listed
-    keys whole, single objects (fetched by _fetched) elsewhere."""
+    keys whole, single objects elsewhere; fetched a window at a time on a few
+    threads (on S3 each object is a round trip), checked in order by the caller."""
     index = {seq: i for i, seq in enumerate(seqs[k] for k in keys)}
     runs: dict[int, tuple[str, int]] = {}  # position of the run's first key -> (pack, count)
     for pack in packs:
@@ -295,20 +299,28 @@ def _packed(
         j = i + (last - first)
         if j < len(keys) and seqs[keys[j]] == last and i not in runs:
             runs[i] = (pack, last - first + 1)  # keys are sorted and unique: all listed
+    units: list[tuple[str, list[str]]] = []  # (object to fetch, the entry keys it gives)
     i = 0
     while i < len(keys):
-        if i in runs:
-            pack, count = runs[i]
-            yield from zip(
-                keys[i : i + count], open_pack(store.get(pack), pack, count), strict=True
-            )
-            i += count
-            continue
-        j = i
-        while j < len(keys) and j not in runs:
-            j += 1
-        yield from _fetched(store, keys[i:j])
-        i = j
+        pack, count = runs.get(i, (keys[i], 1))
+        units.append((pack, keys[i : i + count]))
+        i += count
+
+    def load(unit: tuple[str, list[str]]) -> list[bytes]:
+        obj, entry_keys = unit
+        data = store.get(obj)
+        return open_pack(data, obj, len(entry_keys)) if obj.startswith(PACK_PREFIX) else [data]
+
+    if len(units) < 2:
+        loaded: Iterator[list[bytes]] = map(load, units)
+        for (_obj, entry_keys), raws in zip(units, loaded, strict=True):
+            yield from zip(entry_keys, raws, strict=True)
+        return
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for w in range(0, len(units), _WINDOW):
+            part = units[w : w + _WINDOW]
+            for (_obj, entry_keys), raws in zip(part, pool.map(load, part), strict=True):
+                yield from zip(entry_keys, raws, strict=True)
 
 
 def read_chain(
