@@ -154,3 +154,17 @@ def test_verify_reads_the_single_objects_and_checks_each_pack_against_them(store
     store.create(key, catalog.build_pack(raws))
     with pytest.raises(IntegrityError, match=r"packs/.*entry 5 differs"):
         catalog.check_packs(store, entries)
+
+
+def test_the_agents_archive_writer_packs_at_the_default_size(store: ObjectStore, keys: dict[str, Path]) -> None:
+    from agent.archive.writer import ArchiveWriter
+
+    signer = load_signing_key(keys["signing.key"])
+    writer = ArchiveWriter(store, signer, verify_key_of(signer), "postgres:shop:cv", "agent-1")
+    writer.open()  # the genesis entry
+    for i in range(catalog.PACK_SIZE):
+        writer.append(catalog.GAP, {"i": i})
+    assert catalog.list_pack_keys(store) == [catalog.pack_key(0, catalog.PACK_SIZE - 1)]
+    entries = list(catalog.read_chain(store, _trusted(keys)))
+    assert [e.seq for e in entries] == list(range(catalog.PACK_SIZE + 1))
+    assert catalog.check_packs(store, entries) == 1
