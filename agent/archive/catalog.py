@@ -9,8 +9,8 @@ without opening them.
 
 Every reader reads the whole chain, and an entry is one object: on S3 one
 round trip each, and a busy agent appends one every `segment_max_age`
-(8,640 a day at 10 s). So the writer also packs each full run of PACK_SIZE
-entries into one object, `catalog/packs/<first:020d>-<last:020d>.zst`: the
+(8,640 a day at 10 s). So the writer also packs each full run of 32 entries,
+and of 1,024, into one object, `catalog/packs/<first:020d>-<last:020d>.zst`: the
 entries' exact bytes, zstd-compressed, in order. A pack is derived data and
 adds no trust: each entry in it is checked exactly as if read alone (its
 signature, its seq, the hash chain), so a reader takes the pack for a run
@@ -21,6 +21,7 @@ written yet, or removed by expire).
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -44,9 +45,11 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 PREFIX = "catalog/"
 PACK_PREFIX = f"{PREFIX}packs/"
-# Entries per pack: readers fetch the entries after the last full pack one by one
-# (up to PACK_SIZE - 1 of them) and one object per pack before.
-PACK_SIZE = 128
+# Entries per pack, two levels: a small pack every 32 entries keeps the tail a
+# reader fetches one by one short (at most 31), a large one every 1,024 keeps
+# the number of objects of an old archive low; readers take the largest.
+PACK_SIZES = (32, 1024)
+PACK_SIZE = PACK_SIZES[0]
 _WINDOW = 64  # catalog objects fetched at a time (at most 64 packs of entries in memory)
 _PACK_MAGIC = b"CVPACK1\n"
 _PACK_KEY = re.compile(r"catalog/packs/(\d{20})-(\d{20})\.zst")
@@ -195,15 +198,15 @@ class CatalogWriter:
         archive_id: str,
         agent_id: str,
         tail: CatalogEntry | None,
-        pack_size: int = PACK_SIZE,
+        pack_sizes: tuple[int, ...] = PACK_SIZES,
     ) -> None:
         self.store = store
         self.signer = signer
         self.archive_id = archive_id
         self.agent_id = agent_id
         self.tail = tail
-        self.pack_size = pack_size
-        self._recent: dict[int, bytes] = {}  # this pack's entries written by us
+        self.pack_sizes = pack_sizes
+        self._recent: dict[int, bytes] = {}  # the largest pack's entries written by us
 
     def append(
         self, kind: str, body: dict[str, Any], created: str, retention_horizon: str | None = None
@@ -228,23 +231,45 @@ class CatalogWriter:
             entry, signer=self.signer.key_id, digest=hashlib.sha256(raw).hexdigest()
         )
         self._recent[seq] = raw
-        if (seq + 1) % self.pack_size == 0:
-            self._pack(seq + 1 - self.pack_size, seq)
+        for size in self.pack_sizes:
+            if (seq + 1) % size == 0:
+                self._pack(seq + 1 - size, seq)
+        if (seq + 1) % max(self.pack_sizes) == 0:
+            self._recent = {}
         return self.tail
 
     def _pack(self, first: int, last: int) -> None:
         """Pack entries first..last, the entry just appended last. Best effort: the
         entries are already durable, a missing pack only costs readers round trips."""
-        recent, self._recent = self._recent, {}
         try:
-            missing = [entry_key(s) for s in range(first, last + 1) if s not in recent]
-            fetched = dict(_fetched(self.store, missing))  # a restarted writer's earlier ones
-            raws = [recent.get(s) or fetched[entry_key(s)] for s in range(first, last + 1)]
+            raws = self._earlier(first, last)
             self.store.create(pack_key(first, last), build_pack(raws))
         except ObjectExists:
             pass  # packed already (a restarted writer)
         except (ServiceError, IntegrityError) as exc:  # e.g. an entry expired meanwhile
             log.warning("catalog entries %s..%s not packed: %s", first, last, exc)
+
+
+    def _earlier(self, first: int, last: int) -> list[bytes]:
+        """The bytes of entries first..last: those this writer wrote are in memory; a
+        restarted writer reads the others from the smallest packs, else one by one."""
+        got = {s: self._recent[s] for s in range(first, last + 1) if s in self._recent}
+        small = min(self.pack_sizes)
+        if last + 1 - first > small and len(got) <= last - first:
+            for start in range(first, last + 1, small):
+                end = start + small - 1
+                if all(s in got for s in range(start, end + 1)):
+                    continue
+                key = pack_key(start, end)
+                # Not packed (or unreadable): those entries are read one by one below.
+                with contextlib.suppress(IntegrityError):
+                    got.update(enumerate(open_pack(self.store.get(key), key, small), start))
+        missing = [s for s in range(first, last + 1) if s not in got]
+        for s, (_key, raw) in zip(missing, _fetched(self.store, list(map(entry_key, missing))),
+                                  strict=True):
+            got[s] = raw
+        self._recent.update(got)  # for the larger pack that may come next
+        return [got[s] for s in range(first, last + 1)]
 
 
 def list_entry_keys(store: ObjectStore) -> list[str]:
@@ -290,15 +315,17 @@ def _packed(
     threads (on S3 each object is a round trip), checked in order by the caller."""
     index = {seq: i for i, seq in enumerate(seqs[k] for k in keys)}
     runs: dict[int, tuple[str, int]] = {}  # position of the run's first key -> (pack, count)
-    for pack in packs:
-        span = pack_range(pack)
-        if span is None or span[0] not in index:
+    claimed = bytearray(len(keys))
+    spans = [(span, pack) for pack in packs if (span := pack_range(pack)) is not None]
+    for (first, last), pack in sorted(spans, key=lambda x: x[0][0] - x[0][1]):  # largest first
+        i = index.get(first)
+        if i is None:
             continue
-        first, last = span
-        i = index[first]
         j = i + (last - first)
-        if j < len(keys) and seqs[keys[j]] == last and i not in runs:
-            runs[i] = (pack, last - first + 1)  # keys are sorted and unique: all listed
+        # Keys are sorted and unique, so the run is all listed if its last one is.
+        if j < len(keys) and seqs[keys[j]] == last and not any(claimed[i : j + 1]):
+            runs[i] = (pack, last - first + 1)
+            claimed[i : j + 1] = b"\x01" * (j + 1 - i)
     units: list[tuple[str, list[str]]] = []  # (object to fetch, the entry keys it gives)
     i = 0
     while i < len(keys):

@@ -44,11 +44,11 @@ def _trusted(keys: dict[str, Path]) -> dict[str, Any]:
     return {vk.key_id: vk}
 
 
-def _write(store: ObjectStore, keys: dict[str, Path], n: int, pack_size: int = 4,
+def _write(store: ObjectStore, keys: dict[str, Path], n: int, pack_sizes: tuple[int, ...] = (4,),
            writer: catalog.CatalogWriter | None = None) -> catalog.CatalogWriter:
     if writer is None:
         writer = catalog.CatalogWriter(store, load_signing_key(keys["signing.key"]), "arch-1",
-                                       "agent-1", None, pack_size=pack_size)
+                                       "agent-1", None, pack_sizes=pack_sizes)
     for _ in range(n):
         kind = catalog.GENESIS if writer.tail is None else catalog.GAP
         writer.append(kind, {"i": 0 if writer.tail is None else writer.tail.seq + 1},
@@ -76,7 +76,7 @@ def test_full_runs_are_packed_and_read_in_one_object_each(store: ObjectStore, ke
 
 def test_a_restarted_writer_packs_with_the_entries_it_did_not_write(store: ObjectStore, keys: dict[str, Path]) -> None:
     first = _write(store, keys, 2)
-    second = catalog.CatalogWriter(store, first.signer, "arch-1", "agent-1", first.tail, pack_size=4)
+    second = catalog.CatalogWriter(store, first.signer, "arch-1", "agent-1", first.tail, pack_sizes=(4,))
     _write(store, keys, 2, writer=second)
     assert catalog.list_pack_keys(store) == [catalog.pack_key(0, 3)]
     assert _read(store, keys) == [0, 1, 2, 3]
@@ -168,3 +168,37 @@ def test_the_agents_archive_writer_packs_at_the_default_size(store: ObjectStore,
     entries = list(catalog.read_chain(store, _trusted(keys)))
     assert [e.seq for e in entries] == list(range(catalog.PACK_SIZE + 1))
     assert catalog.check_packs(store, entries) == 1
+
+
+def test_two_pack_sizes_readers_take_the_largest(store: ObjectStore, keys: dict[str, Path]) -> None:
+    _write(store, keys, 19, pack_sizes=(2, 8))
+    packs = catalog.list_pack_keys(store)
+    assert catalog.pack_key(0, 7) in packs and catalog.pack_key(8, 15) in packs
+    assert catalog.pack_key(16, 17) in packs and len(packs) == 9 + 2
+    counting = CountingStore(store)
+    try:
+        assert _read(counting, keys) == list(range(19))
+        assert counting.count.catalog_objects == 4  # 0-7, 8-15, 16-17, 18
+        # from inside a large pack: the small packs and singles after it
+        assert _read(store, keys, start=3) == list(range(3, 19))
+    finally:
+        counting.close()
+    assert catalog.check_packs(store, list(catalog.read_chain(store, _trusted(keys), packs=False))) == 11
+
+
+def test_a_restarted_writer_builds_a_large_pack_from_the_small_ones(store: ObjectStore, keys: dict[str, Path]) -> None:
+    first = _write(store, keys, 5, pack_sizes=(2, 8))
+    second = catalog.CatalogWriter(store, first.signer, "arch-1", "agent-1", first.tail,
+                                   pack_sizes=(2, 8))
+    counting = CountingStore(store)
+    try:
+        second.store = counting
+        _write(counting, keys, 3, writer=second)
+        # entries 0-4 were written before the restart: packs 0-1 and 2-3, then entry 4
+        assert counting.count.catalog_objects == 3
+    finally:
+        counting.close()
+    entries = list(catalog.read_chain(store, _trusted(keys), packs=False))
+    assert [e.seq for e in entries] == list(range(8))
+    assert catalog.pack_key(0, 7) in catalog.list_pack_keys(store)
+    assert catalog.check_packs(store, entries) == 5
