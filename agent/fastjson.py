@@ -86,7 +86,8 @@ def _dumps(value: Any, default: Any) -> bytes:
     try:
         return orjson.dumps(_wide_ints_as_text(value), default=default)
     except orjson.JSONEncodeError:
-        return _ENCODER.encode(value).encode("utf-8")  # raises its own, clearer, error
+        # Non-string dict keys (the stdlib converts them); anything else raises.
+        return _ENCODER.encode(value).encode("utf-8")
 
 
 def dumps(value: Any) -> bytes:
@@ -129,6 +130,15 @@ def holds_float(value: Any) -> bool:
     if cls is list:
         return any(holds_float(v) for v in value)
     return False
+
+
+def json_column(type_name: str) -> bool | None:
+    """For a json/jsonb column type (or an array of one), whether it is an array;
+    None for any other type. Restore keeps these columns' values `raw`."""
+    t = type_name.lower()
+    if t.removesuffix("[]").strip() not in ("json", "jsonb"):
+        return None
+    return t.endswith("[]")
 
 
 def raw(value: Any, array: bool = False) -> Any:

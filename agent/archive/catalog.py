@@ -28,10 +28,10 @@ import json
 import logging
 import re
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import zstandard
 
@@ -49,11 +49,12 @@ PACK_PREFIX = f"{PREFIX}packs/"
 # reader fetches one by one short (at most 31), a large one every 1,024 keeps
 # the number of objects of an old archive low; readers take the largest.
 PACK_SIZES = (32, 1024)
-PACK_SIZE = PACK_SIZES[0]
 _WINDOW = 64  # catalog objects fetched at a time (at most 64 packs of entries in memory)
 _PACK_MAGIC = b"CVPACK1\n"
 _PACK_KEY = re.compile(r"catalog/packs/(\d{20})-(\d{20})\.zst")
 _LEN = struct.Struct(">I")
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 _CONTEXT = "catalog-entry"
 
 # Entry kinds. A reader that meets a kind it does not know fails loudly
@@ -249,13 +250,12 @@ class CatalogWriter:
         except (ServiceError, IntegrityError) as exc:  # e.g. an entry expired meanwhile
             log.warning("catalog entries %s..%s not packed: %s", first, last, exc)
 
-
     def _earlier(self, first: int, last: int) -> list[bytes]:
         """The bytes of entries first..last: those this writer wrote are in memory; a
         restarted writer reads the others from the smallest packs, else one by one."""
         got = {s: self._recent[s] for s in range(first, last + 1) if s in self._recent}
         small = min(self.pack_sizes)
-        if last + 1 - first > small and len(got) <= last - first:
+        if last + 1 - first > small and len(got) < last + 1 - first:
             for start in range(first, last + 1, small):
                 end = start + small - 1
                 if all(s in got for s in range(start, end + 1)):
@@ -265,9 +265,8 @@ class CatalogWriter:
                 with contextlib.suppress(IntegrityError):
                     got.update(enumerate(open_pack(self.store.get(key), key, small), start))
         missing = [s for s in range(first, last + 1) if s not in got]
-        for s, (_key, raw) in zip(missing, _fetched(self.store, list(map(entry_key, missing))),
-                                  strict=True):
-            got[s] = raw
+        got.update(zip(missing, _in_windows(self.store.get, [entry_key(s) for s in missing]),
+                       strict=True))
         self._recent.update(got)  # for the larger pack that may come next
         return [got[s] for s in range(first, last + 1)]
 
@@ -293,26 +292,22 @@ def _listing(store: ObjectStore) -> tuple[list[str], list[str]]:
     return entries, packs
 
 
-def _fetched(
-    store: ObjectStore, keys: list[str], window: int = _WINDOW
-) -> Iterator[tuple[str, bytes]]:
-    """(key, bytes) in order, fetched a window at a time on a few threads: on S3
-    each entry is a round trip, and the chain is checked in order anyway."""
-    if len(keys) < 2:
-        yield from ((key, store.get(key)) for key in keys)
+def _in_windows(fetch: Callable[[_T], _R], items: list[_T]) -> Iterator[_R]:
+    """fetch(item) for each item, in order, a window at a time on a few threads:
+    on S3 each object is a round trip, and the chain is checked in order anyway."""
+    if len(items) < 2:
+        yield from map(fetch, items)
         return
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for i in range(0, len(keys), window):
-            part = keys[i : i + window]
-            yield from zip(part, pool.map(store.get, part), strict=True)
+        for i in range(0, len(items), _WINDOW):
+            yield from pool.map(fetch, items[i : i + _WINDOW])
 
 
 def _packed(
     store: ObjectStore, keys: list[str], seqs: dict[str, int], packs: list[str]
 ) -> Iterator[tuple[str, bytes]]:
     """(entry key, bytes) in order: from a pack where one covers a run of listed
-    keys whole, single objects elsewhere; fetched a window at a time on a few
-    threads (on S3 each object is a round trip), checked in order by the caller."""
+    keys whole, single objects elsewhere; checked in order by the caller."""
     index = {seq: i for i, seq in enumerate(seqs[k] for k in keys)}
     runs: dict[int, tuple[str, int]] = {}  # position of the run's first key -> (pack, count)
     claimed = bytearray(len(keys))
@@ -338,16 +333,8 @@ def _packed(
         data = store.get(obj)
         return open_pack(data, obj, len(entry_keys)) if obj.startswith(PACK_PREFIX) else [data]
 
-    if len(units) < 2:
-        loaded: Iterator[list[bytes]] = map(load, units)
-        for (_obj, entry_keys), raws in zip(units, loaded, strict=True):
-            yield from zip(entry_keys, raws, strict=True)
-        return
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        for w in range(0, len(units), _WINDOW):
-            part = units[w : w + _WINDOW]
-            for (_obj, entry_keys), raws in zip(part, pool.map(load, part), strict=True):
-                yield from zip(entry_keys, raws, strict=True)
+    for (_obj, entry_keys), raws in zip(units, _in_windows(load, units), strict=True):
+        yield from zip(entry_keys, raws, strict=True)
 
 
 def read_chain(

@@ -20,7 +20,13 @@ from typing import IO
 
 from agent.archive import catalog
 from agent.archive.catalog import CatalogEntry
-from agent.archive.records import EventRecord, SchemaRecord, TxBeginRecord, TxEndRecord
+from agent.archive.records import (
+    EventRecord,
+    SchemaRecord,
+    TxBeginRecord,
+    TxEndRecord,
+    frames,
+)
 from agent.archive.segment import read_segment_records
 from agent.checkpoint import position_from_json
 from agent.crypto.datakeys import DataKeyOpener
@@ -36,8 +42,8 @@ class TxEvents:
     """Event envelopes of one transaction: in memory up to a bound, then on disk.
 
     On disk each envelope is length-prefixed; writes are gathered into ~1 MiB
-    and the file is read back a block at a time (a write and two reads per
-    event cost more than everything else the reader does with it).
+    and the file is read back a block at a time (records.frames): a write and
+    two reads per event cost more than everything else the reader does with it.
     """
 
     _BLOCK = 1024 * 1024
@@ -51,7 +57,7 @@ class TxEvents:
 
     def add(self, envelope: bytes) -> None:
         self.count += 1
-        self._mem.append(_LEN.pack(len(envelope)) + envelope if self._file else envelope)
+        self._mem.append(envelope if self._file is None else _LEN.pack(len(envelope)) + envelope)
         self._mem_bytes += len(envelope)
         if self._file is not None:
             if self._mem_bytes >= self._BLOCK:
@@ -74,22 +80,8 @@ class TxEvents:
         if self._mem:
             self._spill()
         self._file.seek(0)
-        buf, pos = b"", 0
-        while True:
-            need = _LEN.size
-            if len(buf) - pos >= _LEN.size:
-                (n,) = _LEN.unpack_from(buf, pos)
-                end = pos + _LEN.size + n
-                if end <= len(buf):
-                    yield buf[pos + _LEN.size : end]
-                    pos = end
-                    continue
-                need += n
-            # At least what the next envelope needs: a big one is read whole.
-            more = self._file.read(max(self._BLOCK, need - (len(buf) - pos)))
-            if not more:
-                return
-            buf, pos = buf[pos:] + more, 0
+        for _length, envelope in frames(self._file, _LEN, 1 << 32):
+            yield envelope
 
     def close(self) -> None:
         if self._file is not None:

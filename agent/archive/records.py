@@ -128,32 +128,41 @@ def _decode_body(kind: int, body: bytes) -> Record:
 
 
 def read_records(stream: IO[bytes]) -> Iterator[Record]:
-    """Records from a decompressed plaintext stream, in bounded memory (a block of
-    plaintext plus one record). Read a block at a time and cut records out of
-    it: two reads of the stream per record cost more than decoding the record."""
-    buf, pos = b"", 0
-    while True:
-        if len(buf) - pos < _HEAD.size:
-            buf, pos = _refill(stream, buf, pos, _HEAD.size)
-            if pos == len(buf):
-                return
-            if len(buf) - pos < _HEAD.size:
-                raise DecodeError("segment plaintext ends inside a record header")
-        kind, length = _HEAD.unpack_from(buf, pos)
-        if length > MAX_RECORD:
-            raise DecodeError(f"segment record of {length} bytes exceeds the limit")
-        end = pos + _HEAD.size + length
-        if end > len(buf):
-            buf, pos = _refill(stream, buf, pos, _HEAD.size + length)
-            end = pos + _HEAD.size + length
-            if end > len(buf):
-                raise DecodeError("segment plaintext ends inside a record")
-        body = buf[pos + _HEAD.size : end]
-        pos = end
+    """Records from a decompressed plaintext stream, in bounded memory."""
+    for (kind, _length), body in frames(stream, _HEAD, MAX_RECORD):
         yield _decode_body(kind, body)
 
 
 _BLOCK = 1024 * 1024
+
+
+def frames(
+    stream: IO[bytes], head: struct.Struct, limit: int
+) -> Iterator[tuple[tuple[Any, ...], bytes]]:
+    """(header fields, body) of each frame: a header whose last field is the body's
+    length, then the body. Read a block at a time and cut frames out of it, in
+    bounded memory (a block plus one frame of at most `limit` bytes): two reads
+    per frame cost more than decoding it."""
+    buf, pos = b"", 0
+    while True:
+        if len(buf) - pos < head.size:
+            buf, pos = _refill(stream, buf, pos, head.size)
+            if pos == len(buf):
+                return
+            if len(buf) - pos < head.size:
+                raise DecodeError("segment plaintext ends inside a record header")
+        fields = head.unpack_from(buf, pos)
+        length = fields[-1]
+        if length > limit:
+            raise DecodeError(f"segment record of {length} bytes exceeds the limit")
+        end = pos + head.size + length
+        if end > len(buf):
+            buf, pos = _refill(stream, buf, pos, head.size + length)
+            end = pos + head.size + length
+            if end > len(buf):
+                raise DecodeError("segment plaintext ends inside a record")
+        yield fields, buf[pos + head.size : end]
+        pos = end
 
 
 def _refill(stream: IO[bytes], buf: bytes, pos: int, need: int) -> tuple[bytes, int]:

@@ -77,7 +77,8 @@ def verify_archive(reader: ArchiveReader, decrypt: bool) -> VerifyReport:
             report.bytes += len(data)
             if decrypt:
                 assert reader.opener is not None
-                for _chunk in open_object(data, reader.opener, reader.archive_id, key):
+                # entries[0], not reader.archive_id: that would read the chain again
+                for _chunk in open_object(data, reader.opener, entries[0].archive_id, key):
                     pass
                 report.decrypted += 1
     return report

@@ -317,12 +317,11 @@ class _JsonColumns:
     def _columns(self, shape: TableShape) -> list[tuple[tuple[str, ...], bool]]:
         got = self._cache.get(shape.name)
         if got is None or got[0] is not shape.schema:
-            columns = []
-            for c in shape.schema.columns:
-                t = c.type_name.lower()
-                array = t.endswith("[]")
-                if t.removesuffix("[]").strip() in ("json", "jsonb"):
-                    columns.append((shape.names_of(c.name), array))
+            columns = [
+                (shape.names_of(c.name), array)
+                for c in shape.schema.columns
+                if (array := fastjson.json_column(c.type_name)) is not None
+            ]
             got = self._cache[shape.name] = (shape.schema, columns)
         return got[1]
 

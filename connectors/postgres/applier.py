@@ -410,10 +410,9 @@ class PgApplier:
 def _raw_json(convert: Callable[[bytes], Any], type_name: str) -> Callable[[bytes], Any]:
     """json/jsonb columns read back as their exact JSON text (bytes), the form the
     restore's fold keeps them in (agent.restore.fold); other columns as they are."""
-    t = type_name.lower()
-    if t.removesuffix("[]").strip() not in ("json", "jsonb"):
+    array = fastjson.json_column(type_name)
+    if array is None:
         return convert
-    array = t.endswith("[]")
     return lambda data: fastjson.raw(convert(data), array)
 
 

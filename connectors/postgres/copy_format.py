@@ -1,10 +1,10 @@
 """CONTRACT.md JSON values <-> PostgreSQL's text forms, in COPY's text format.
 
 Load: each JSON value becomes its type's text input form (bytea from base64
-to hex, json/jsonb values as their exact JSON text, arrays as array literals, astronomical
-years back to BC), escaped for COPY text and joined into whole lines, so a
-table is written with a few large `copy.write` calls instead of a Python
-call per value inside the driver.
+to hex, json/jsonb values as their exact JSON text, arrays as array
+literals, astronomical years back to BC), escaped for COPY text and joined
+into whole lines, so a table is written with a few large `copy.write` calls
+instead of a Python call per value inside the driver.
 
 Read back: `COPY ... TO STDOUT` lines split on tabs, unescaped, and passed
 as bytes to the capture path's converters (connectors.postgres.pgtypes),
@@ -49,7 +49,7 @@ def _json_text(v: Any) -> str:
     """Restore keeps json/jsonb values as their exact JSON text (bytes, see
     agent.restore.fold); any other value is serialised, numbers as parsed."""
     if v.__class__ is bytes:
-        return str(v.decode("utf-8"))
+        return v.decode("utf-8")
     return fastjson.dumps_text(v)
 
 
@@ -87,7 +87,6 @@ def _base_converter(type_name: str) -> Callable[[Any], str]:
         return _json_text
     if t == "json":  # kept verbatim by the server: PostgreSQL's own spacing
         return _json_spaced
-
     if t == "boolean":
         return _bool
     if t == "date" or t.startswith("timestamp"):

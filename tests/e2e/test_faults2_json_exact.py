@@ -14,6 +14,7 @@ import psycopg
 
 from tests.e2e.agent_process import AgentProcess, cli, make_keys, wait_for, write_config
 from tests.e2e.fault_tools import checkpoint_lsn, drain_and_stop
+from tests.integration.test_restore_bench_shape import _rows
 
 # With jsonb's spacing, so that the json column's verbatim text is what a restore
 # writes too (docs/restore.md).
@@ -26,11 +27,6 @@ DOCS = [
 
 def compact(doc: str) -> str:
     return doc.replace(", ", ",").replace(": ", ":")
-
-
-def _rows(dsn: str, table: str) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn) as conn:
-        return conn.execute(f"SELECT t::text FROM {table} t ORDER BY id").fetchall()
 
 
 def test_json_numbers_are_exact_in_events_and_restores(pg_database: Any, tmp_path: Path) -> None:

@@ -5,8 +5,6 @@ alone, and expire removes the packs of the entries it removes. File and S3."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,29 +12,10 @@ import pytest
 
 from agent.archive import catalog
 from agent.archive.access import verify_key_of
-from agent.crypto.keyfiles import generate_key_files, load_signing_key
+from agent.crypto.keyfiles import load_signing_key
 from agent.errors import IntegrityError
 from agent.restore.fetch_count import CountingStore
 from connectors.base import ObjectStore
-from connectors.storage.factory import open_object_store
-
-
-@pytest.fixture(params=["file", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ObjectStore]:
-    if request.param == "file":
-        yield open_object_store((tmp_path / "archive").as_uri())
-        return
-    s3: Any = request.getfixturevalue("s3_server")
-    for k, v in s3.env().items():
-        monkeypatch.setenv(k, v)
-    bucket = f"cv-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(bucket)
-    yield open_object_store(f"s3://{bucket}/archive", s3.endpoint_url)
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return generate_key_files(tmp_path_factory.mktemp("keys"))
 
 
 def _trusted(keys: dict[str, Path]) -> dict[str, Any]:
@@ -162,11 +141,11 @@ def test_the_agents_archive_writer_packs_at_the_default_size(store: ObjectStore,
     signer = load_signing_key(keys["signing.key"])
     writer = ArchiveWriter(store, signer, verify_key_of(signer), "postgres:shop:cv", "agent-1")
     writer.open()  # the genesis entry
-    for i in range(catalog.PACK_SIZE):
+    for i in range(catalog.PACK_SIZES[0]):
         writer.append(catalog.GAP, {"i": i})
-    assert catalog.list_pack_keys(store) == [catalog.pack_key(0, catalog.PACK_SIZE - 1)]
+    assert catalog.list_pack_keys(store) == [catalog.pack_key(0, catalog.PACK_SIZES[0] - 1)]
     entries = list(catalog.read_chain(store, _trusted(keys)))
-    assert [e.seq for e in entries] == list(range(catalog.PACK_SIZE + 1))
+    assert [e.seq for e in entries] == list(range(catalog.PACK_SIZES[0] + 1))
     assert catalog.check_packs(store, entries) == 1
 
 

@@ -12,6 +12,7 @@ import pytest
 from agent.archive.reader import TxEvents
 from agent.archive.records import (
     EventRecord,
+    Record,
     TxBeginRecord,
     TxEndRecord,
     encode_record,
@@ -37,7 +38,7 @@ class Trickle(io.RawIOBase):
         return out
 
 
-def _records() -> list[object]:
+def _records() -> list[Record]:
     p = Position("0/10", (16,))
     events = [EventRecord(b'{"i":%d,"pad":"%s"}' % (i, b"x" * (i % 7))) for i in range(2000)]
     big = EventRecord(b'{"big":"' + b"y" * (3 * 1024 * 1024) + b'"}')  # > one block
@@ -48,7 +49,7 @@ def _records() -> list[object]:
 @pytest.mark.parametrize("step", [1 << 30, 4096, 7])
 def test_records_come_back_whatever_the_stream_returns_per_read(step: int) -> None:
     recs = _records()
-    data = b"".join(encode_record(r) for r in recs)  # type: ignore[arg-type]
+    data = b"".join(encode_record(r) for r in recs)
     assert list(read_records(Trickle(data, step))) == recs
 
 
