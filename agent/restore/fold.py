@@ -276,8 +276,8 @@ class Fold:
         key = shape.key
         only = None if self.only_keys is None else self.only_keys.get(name)
         if op == "d":
-            old = doc["key"] or doc["before"] or {}
-            old_key = key_json([old.get(c) for c in key])
+            field = "key" if doc["key"] else "before"
+            old_key = self._old_key(shape, doc[field] or {}, env, field)
             if only is None or old_key in only:
                 self.store.delete(tid, old_key)
             return
@@ -289,7 +289,7 @@ class Fold:
         if op == "u":
             before = doc["before"] or {}
             if all(c in before for c in key):
-                old_key = key_json([before.get(c) for c in key])
+                old_key = self._old_key(shape, before, env, "before")
         if only is not None and old_key not in only and new_key not in only:
             return
         if op == "u":
@@ -302,6 +302,14 @@ class Fold:
                 self.store.delete(tid, old_key)
         self.store.put(tid, new_key, _row_bytes(after))
 
+    def _old_key(self, shape: TableShape, row: dict[str, Any], env: bytes, field: str) -> str:
+        """The key of the row the log names (its `key` or `before` image), spelled as
+        the fold stores keys: json key columns as their exact text, like `after`'s."""
+        if self.json_columns is not None and self.json_columns.in_key(shape):
+            row = {c: row.get(c) for c in shape.key}
+            self.json_columns.to_raw(shape, row, env, field)
+        return key_json([row.get(c) for c in shape.key])
+
 
 class _JsonColumns:
     """json/jsonb columns' values -> their exact JSON text (bytes), arrays element-wise.
@@ -312,9 +320,10 @@ class _JsonColumns:
     """
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[TableSchema, list[tuple[tuple[str, ...], bool]]]] = {}
+        # table -> (the shape's schema it was made for, its json columns, any in the key)
+        self._cache: dict[str, tuple[TableSchema, list[tuple[tuple[str, ...], bool]], bool]] = {}
 
-    def _columns(self, shape: TableShape) -> list[tuple[tuple[str, ...], bool]]:
+    def _columns(self, shape: TableShape) -> tuple[list[tuple[tuple[str, ...], bool]], bool]:
         got = self._cache.get(shape.name)
         if got is None or got[0] is not shape.schema:
             columns = [
@@ -322,21 +331,28 @@ class _JsonColumns:
                 for c in shape.schema.columns
                 if (array := fastjson.json_column(c.type_name)) is not None
             ]
-            got = self._cache[shape.name] = (shape.schema, columns)
-        return got[1]
+            keyed = any(n in shape.key for names, _array in columns for n in names)
+            got = self._cache[shape.name] = (shape.schema, columns, keyed)
+        return got[1], got[2]
 
-    def to_raw(self, shape: TableShape, after: dict[str, Any], env: bytes) -> None:
+    def in_key(self, shape: TableShape) -> bool:
+        return self._columns(shape)[1]
+
+    def to_raw(
+        self, shape: TableShape, row: dict[str, Any], env: bytes, field: str = "after"
+    ) -> None:
+        """Convert `row`, the envelope's `field` (after, before or key), in place."""
         exact: dict[str, Any] | None = None
-        for names, array in self._columns(shape):
+        for names, array in self._columns(shape)[0]:
             for name in names:
-                value = after.get(name)
+                value = row.get(name)
                 if value is None:
                     continue
                 if fastjson.holds_float(value):
                     if exact is None:
-                        exact = fastjson.loads_exact(env)["after"]
+                        exact = fastjson.loads_exact(env)[field]
                     value = exact[name]
-                after[name] = fastjson.raw(value, array)
+                row[name] = fastjson.raw(value, array)
 
 
 def _value_of(row: dict[str, Any], names: tuple[str, ...]) -> Any:

@@ -146,3 +146,26 @@ def test_json_columns_fold_as_their_exact_text() -> None:
 def test_without_exact_json_values_stay_parsed(fold: Fold) -> None:
     fold.event(env("c", key={"id": 1}, after={"id": 1, "a": "x", "b": "y"}))
     assert rows(fold) == [{"id": 1, "a": "x", "b": "y"}]
+
+
+def test_a_jsonb_key_with_a_non_integer_number_is_deleted_and_rekeyed() -> None:
+    # The fold keys rows by their json columns' exact text (19.90): the old key
+    # of a delete or a key-changing update must be spelled the same way.
+    table = TableSchema("public", "k", (Column("id", "jsonb", False), Column("a", "text")), ("id",))
+    store = FoldStore()
+
+    def raw_env(op: str, key: str | None, before: str | None, after: str | None) -> bytes:
+        return (b'{"id":"x","op":"%s","source":{"schema":"public","table":"k","schema_version":1},'
+                b'"key":%s,"before":%s,"after":%s,"unchanged":[]}'
+                % (op.encode(), *((v or "null").encode() for v in (key, before, after))))
+
+    try:
+        fold = Fold(store, Shapes([table]), None, exact_json=True)
+        fold.event(raw_env("c", '{"id":{"p":19.90}}', None, '{"id":{"p":19.90},"a":"x"}'))
+        fold.event(raw_env("c", '{"id":{"p":2.50}}', None, '{"id":{"p":2.50},"a":"y"}'))
+        fold.event(raw_env("d", '{"id":{"p":19.90}}', '{"id":{"p":19.90}}', None))
+        fold.event(raw_env("u", '{"id":{"p":3.50}}', '{"id":{"p":2.50}}', '{"id":{"p":3.50},"a":"y"}'))
+        got = list(store.rows(store.table_id("public.k")))
+        assert got == [{"id": b'{"p":3.50}', "a": "y"}]
+    finally:
+        store.close()
