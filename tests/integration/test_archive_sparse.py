@@ -22,9 +22,7 @@ from agent.crypto.keyhash import KeyHasher
 from agent.envelope import EnvelopeEncoder, format_ts
 from agent.events import ChangeEvent
 from connectors.base import EncodedEvent, ObjectStore, TxBegin, TxEnd
-from tests.integration.test_archive import T0, keys, pos, reader_for, store
-
-__all__ = ["keys", "store"]  # fixtures shared with test_archive.py
+from tests.integration.test_archive import T0, pos, reader_for
 
 
 def _sink(store: ObjectStore, keys: dict[str, Path], agent: str) -> tuple[ArchiveSink, ArchiveWriter]:
